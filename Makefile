@@ -1,0 +1,22 @@
+# seqrec: `make demo` and `make test` set up everything they need (venv, Java 17) on a fresh machine.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt sdk/pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
+
+.PHONY: setup test demo java
+
+setup: $(STAMP) java
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	if [ -f sdk/pyproject.toml ]; then $(PY) -m pip install -q -e ./sdk; fi
+	rm -f $(VENV)/.installed-*; touch $@
+
+# TorchServe's frontend is Java 17.
+java:
+	@command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
+
+test: setup
+	$(PY) -m pytest -q tests

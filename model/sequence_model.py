@@ -1,0 +1,133 @@
+"""FINN.no-style RNN recommender: an LSTM over L2-normalised item vectors, projected back into item
+space; items are scored by cosine similarity through a learned scale |w| and bias b (tanh).
+
+    model = SequenceModel(ModelConfig(num_items=N))
+    items, feats, lengths = model.pad(histories, [[] for _ in histories])  # (B,T), (B,T,F), (B,)
+    taste = model(items, feats, lengths)                                  # (B, D), unit norm
+    scores = model.score(taste @ model.item_matrix().T)                   # (B, N+1)
+
+Everything a server needs (padding, event encoding, the score transform) is a method of this
+module, so `torch.jit.script(model)` carries the one source of truth into the handler.
+"""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Feature columns are written as literals below (TorchScript cannot read module constants):
+# 0 age, 1 gap, 2 event type, 3 source -- see config.FEATURE_*.
+from .config import NUM_EVENT_FEATURES, ModelConfig
+from .features import encode_time_features
+from .padding import pad_batch
+
+
+class SequenceModel(nn.Module):
+    event_type_ids: Dict[str, int]
+    source_ids: Dict[str, int]
+
+    def __init__(self, config: ModelConfig, item_vectors: Optional[Tensor] = None):
+        super().__init__()
+        if config.num_items < 1:
+            raise ValueError("ModelConfig.num_items must be >= 1")
+        self.total_length = config.total_length
+        self.num_features = NUM_EVENT_FEATURES
+        self.time_buckets = config.time_buckets
+        self.use_time = config.use_time
+        self.use_event_type = config.use_event_type
+        self.use_source = config.use_source
+        # Vocabularies live in the scripted module so serving maps strings exactly as training did.
+        self.event_type_ids: Dict[str, int] = {v: i + 2 for i, v in enumerate(config.event_types)}
+        self.source_ids: Dict[str, int] = {v: i + 2 for i, v in enumerate(config.sources)}
+
+        d = config.embedding_dim
+        self.item_embedding = nn.Embedding(config.num_items + 1, d, padding_idx=0, max_norm=1.0)
+        with torch.no_grad():  # start on the unit sphere: max_norm keeps rows there afterwards
+            self.item_embedding.weight.copy_(F.normalize(self.item_embedding.weight, dim=-1))
+            self.item_embedding.weight[0].zero_()
+        if item_vectors is not None:
+            if tuple(item_vectors.shape) != (config.num_items + 1, d):
+                raise ValueError(f"item_vectors must be ({config.num_items + 1}, {d}), "
+                                 f"got {tuple(item_vectors.shape)}")
+            with torch.no_grad():
+                self.item_embedding.weight.copy_(F.normalize(item_vectors.float(), dim=-1))
+                self.item_embedding.weight[0].zero_()
+        self.item_embedding.weight.requires_grad_(not config.freeze_item_vectors)
+
+        fd = config.feature_dim
+        # One small embedding per switchable event feature; disabled ones are 1-row placeholders
+        # so the scripted graph has a fixed shape.
+        self.age_embedding = nn.Embedding(config.time_buckets if config.use_time else 1, fd, padding_idx=0)
+        self.gap_embedding = nn.Embedding(config.time_buckets if config.use_time else 1, fd, padding_idx=0)
+        self.type_embedding = nn.Embedding(len(config.event_types) + 2 if config.use_event_type else 1, fd, padding_idx=0)
+        self.source_embedding = nn.Embedding(len(config.sources) + 2 if config.use_source else 1, fd, padding_idx=0)
+        n_feat = 2 * int(config.use_time) + int(config.use_event_type) + int(config.use_source)
+
+        self.input_dropout = nn.Dropout(config.dropout)
+        self.lstm = nn.LSTM(d + n_feat * fd, config.hidden_dim, num_layers=config.num_layers,
+                            bias=False, batch_first=True,
+                            dropout=config.dropout if config.num_layers > 1 else 0.0)
+        self.output_dropout = nn.Dropout(config.dropout)
+        self.rnn2item = nn.Linear(config.hidden_dim, d)
+        self.w = nn.Parameter(torch.tensor(float(config.init_scale)))
+        self.b = nn.Parameter(torch.tensor(0.0))
+
+    # ---- the shared encoding: called by training directly and by the handler on the scripted model
+    @torch.jit.export
+    def pad(self, seqs: List[List[int]], feats: List[List[List[int]]]) -> Tuple[Tensor, Tensor, Tensor]:
+        return pad_batch(seqs, feats, self.total_length, self.num_features)
+
+    @torch.jit.export
+    def encode_events(self, timestamps: List[float], event_types: List[str], sources: List[str],
+                      now: float) -> List[List[int]]:
+        """One row of NUM_EVENT_FEATURES ids per event. NaN timestamps and unseen strings map to
+        the "unknown" id 1; features the model does not use are left 0."""
+        time_feats = encode_time_features(timestamps, now, self.time_buckets)
+        rows: List[List[int]] = []
+        for i in range(len(timestamps)):
+            row = [0, 0, 0, 0]
+            if self.use_time:
+                row[0] = time_feats[i][0]
+                row[1] = time_feats[i][1]
+            if self.use_event_type:
+                row[2] = self.event_type_ids.get(event_types[i], 1)
+            if self.use_source:
+                row[3] = self.source_ids.get(sources[i], 1)
+            rows.append(row)
+        return rows
+
+    # ---- tensors in, tensors out
+    def sequence_tastes(self, items: Tensor, features: Tensor) -> Tensor:
+        """items (B, T), features (B, T, F) -> unit taste vectors at every position (B, T, D)."""
+        x = [self.item_embedding(items)]
+        if self.use_time:
+            x.append(self.age_embedding(features[:, :, 0]))
+            x.append(self.gap_embedding(features[:, :, 1]))
+        if self.use_event_type:
+            x.append(self.type_embedding(features[:, :, 2]))
+        if self.use_source:
+            x.append(self.source_embedding(features[:, :, 3]))
+        h, _ = self.lstm(self.input_dropout(torch.cat(x, dim=-1)))
+        return F.normalize(self.rnn2item(self.output_dropout(h)), dim=-1)
+
+    def forward(self, items: Tensor, features: Tensor, lengths: Tensor) -> Tensor:
+        """Taste after the last real event of each history (B, D). A zero-length history gives
+        the taste at position 0 of an all-padding input (callers answer those with popularity)."""
+        tastes = self.sequence_tastes(items, features)
+        last = (lengths.clamp(min=1) - 1).view(-1, 1, 1).expand(-1, 1, tastes.size(-1))
+        return tastes.gather(1, last).squeeze(1)
+
+    @torch.jit.export
+    def item_matrix(self) -> Tensor:
+        """Unit item vectors (N+1, D); row 0 (padding) is zero."""
+        m = F.normalize(self.item_embedding.weight, dim=-1)
+        return torch.cat([torch.zeros_like(m[:1]), m[1:]], dim=0)
+
+    @torch.jit.export
+    def temperature(self) -> Tensor:
+        return self.w.abs()
+
+    @torch.jit.export
+    def score(self, cosine: Tensor) -> Tensor:
+        """The seed's bounded score: tanh(cosine * |w| + b). Monotone in cosine, so rank by cosine."""
+        return torch.tanh(cosine * self.w.abs() + self.b)
