@@ -1,0 +1,94 @@
+"""Write the export directory (see docs/export-format.md) that archive.sh packs for serving.
+
+    export_model(model, index, popularity, out_dir, items=items_df, metadata={...})
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from model import SequenceModel
+
+from .item_index import ItemIndex
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE, VECTORS_FILE, ITEMS_FILE, METADATA_FILE = "model.pt", "item_vectors.npy", "items.parquet", "metadata.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def candidate_table(index: ItemIndex, popularity: np.ndarray, items: Optional[pd.DataFrame]) -> pd.DataFrame:
+    """One row per item index 1..N: item_id, popularity, available, then item metadata."""
+    table = pd.DataFrame({"item_id": index.ids.to_numpy(), "popularity": np.asarray(popularity, dtype=np.int64)})
+    if items is not None and len(items):
+        meta = items.drop_duplicates("item_id").set_index("item_id")
+        meta = meta.reindex(index.ids)
+        for col in meta.columns:
+            if col not in ("popularity",):
+                table[col] = meta[col].to_numpy()
+    if "available" not in table:
+        table["available"] = True
+    table["available"] = table["available"].fillna(True).astype(bool)
+    return table
+
+
+def export_model(model: SequenceModel, index: ItemIndex, popularity: np.ndarray, out_dir,
+                 items: Optional[pd.DataFrame] = None, metadata: Optional[Dict[str, Any]] = None,
+                 item_vectors: Optional[np.ndarray] = None) -> Path:
+    """Script the model, write the candidate index and metadata with sha256 of every file."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    scripted = torch.jit.script(model)
+    scripted.save(str(out / MODEL_FILE))
+
+    if item_vectors is None:
+        with torch.no_grad():
+            item_vectors = model.item_matrix().numpy()
+    item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+    if item_vectors.shape[0] != len(index) + 1:
+        raise ValueError(f"item_vectors has {item_vectors.shape[0]} rows, expected {len(index) + 1}")
+    np.save(out / VECTORS_FILE, item_vectors, allow_pickle=False)
+    candidate_table(index, popularity, items).to_parquet(out / ITEMS_FILE, index=False)
+
+    meta = {
+        "model_name": "seqrec",
+        "model_version": _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d%H%M%S"),
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "item_id_type": index.id_type,
+        "num_items": len(index),
+        "total_length": int(model.total_length),
+        "torch_version": torch.__version__,
+    }
+    meta.update(metadata or {})
+    meta["files"] = {name: sha256_file(out / name) for name in (MODEL_FILE, VECTORS_FILE, ITEMS_FILE)}
+    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_jsonable))
+    log.info("exported %d items to %s (version %s)", len(index), out, meta["model_version"])
+    return out
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
