@@ -1,0 +1,247 @@
+"""Load an event log into the canonical schema, counting everything dropped on the way.
+
+    from train.events import ColumnMap, load_events
+    events, report = load_events("log.parquet", ColumnMap(user_id="uid", item_id="aid", timestamp="ts"),
+                                 timestamp_unit="ms")
+    log.info("dropped %s", report.to_dict())
+
+Canonical schema, one row per event, sorted by (user_id, timestamp, item_id) with a fresh RangeIndex:
+
+    user_id     int64 or str   raw id; integer-like ids become int64, anything else str (never 12.0)
+    item_id     int64 or str   same rule
+    timestamp   float64        unix seconds (numbers scaled by `timestamp_unit`; datetime strings parsed,
+                               ISO 8601 best, naive ones taken as UTC)
+    event_type  str            optional
+    source      str            optional
+    ...                        any other input column, unchanged
+
+Bad rows are never dropped silently: each dropped row is counted once in a `DropReport`, under the
+first reason that applies, in this order: null user, null item, unparsable (or missing) timestamp,
+exact duplicate of an earlier (user_id, item_id, timestamp, event_type) event (the first is kept).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("user_id", "item_id", "timestamp")
+OPTIONAL = ("event_type", "source")
+SORT_KEYS = ["user_id", "timestamp", "item_id"]
+_UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+# A canonical decimal integer that fits int64: no leading zeros ("007" stays a string id), no "12.0".
+_INT_PATTERN = r"-?(?:0|[1-9][0-9]{0,17})"
+
+
+@dataclass
+class DropReport:
+    """Rows read and rows dropped, by reason. `extra` holds drops for other named reasons."""
+
+    rows_read: int = 0
+    unparsable_timestamp: int = 0
+    null_user: int = 0
+    null_item: int = 0
+    duplicates: int = 0
+    extra: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_dropped(self) -> int:
+        return (self.unparsable_timestamp + self.null_user + self.null_item + self.duplicates
+                + sum(self.extra.values()))
+
+    @property
+    def rows_kept(self) -> int:
+        return self.rows_read - self.total_dropped
+
+    def to_dict(self) -> Dict[str, object]:
+        """Flat JSON-ready dict for the training summary."""
+        out: Dict[str, object] = dataclasses.asdict(self)
+        out["total_dropped"] = self.total_dropped
+        return out
+
+    def merge(self, other: "DropReport") -> "DropReport":
+        """A new report with the counts of both (e.g. two files of one dataset)."""
+        extra = dict(self.extra)
+        for reason, n in other.extra.items():
+            extra[reason] = extra.get(reason, 0) + n
+        return DropReport(
+            rows_read=self.rows_read + other.rows_read,
+            unparsable_timestamp=self.unparsable_timestamp + other.unparsable_timestamp,
+            null_user=self.null_user + other.null_user,
+            null_item=self.null_item + other.null_item,
+            duplicates=self.duplicates + other.duplicates,
+            extra=extra,
+        )
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Input column name for each canonical column; None for an optional column means "not present"."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    timestamp: str = "timestamp"
+    event_type: Optional[str] = "event_type"
+    source: Optional[str] = "source"
+
+
+def read_table(path: Union[str, Path], **kwargs) -> pd.DataFrame:
+    """CSV (optionally compressed) or Parquet, chosen by extension."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        return pd.read_parquet(path, **kwargs)
+    if any(name.endswith(ext) for ext in (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")):
+        return pd.read_csv(path, **kwargs)
+    raise ValueError(f"cannot tell the format of {path}: expected .csv[.gz|.bz2|.zip|.xz] or .parquet")
+
+
+def load_events(
+    path_or_df: Union[str, Path, pd.DataFrame],
+    columns: ColumnMap = ColumnMap(),
+    timestamp_unit: str = "s",
+    *,
+    name: Optional[str] = None,
+) -> Tuple[pd.DataFrame, DropReport]:
+    """Read (or take) an event log and return it in the canonical schema with its DropReport.
+
+    `timestamp_unit` ("s", "ms", "us", "ns") applies to numeric timestamps; datetime strings and
+    datetime columns carry their own unit. A DataFrame passed in is not modified.
+    `name` labels the input in log lines and errors (default: the path, or "DataFrame").
+    """
+    if timestamp_unit not in _UNIT_SECONDS:
+        raise ValueError(f"timestamp_unit must be one of {sorted(_UNIT_SECONDS)}, got {timestamp_unit!r}")
+    if isinstance(path_or_df, pd.DataFrame):
+        raw, origin = path_or_df, name or "DataFrame"
+    else:
+        # Ids are read as text so that "007" and ids in a column with gaps keep their exact spelling.
+        as_text = {columns.user_id: str, columns.item_id: str}
+        is_parquet = str(path_or_df).lower().endswith((".parquet", ".pq"))
+        raw = read_table(path_or_df) if is_parquet else read_table(path_or_df, dtype=as_text)
+        origin = name or str(path_or_df)
+
+    mapping = _resolve_columns(raw, columns, origin)
+    df = raw.rename(columns={src: dst for dst, src in mapping.items()})
+    report = DropReport(rows_read=len(df))
+
+    user = _normalise_ids(df["user_id"])
+    item = _normalise_ids(df["item_id"])
+    ts = to_unix_seconds(df["timestamp"], timestamp_unit)
+    df = df.assign(user_id=user, item_id=item, timestamp=ts)
+    for col in OPTIONAL:
+        if col in mapping:
+            # Categorical labels: keep them as text, but let missing values stay missing.
+            df[col] = df[col].where(df[col].isna(), df[col].astype(str))
+
+    null_user = user.isna()
+    null_item = item.isna() & ~null_user
+    bad_ts = ts.isna() & ~null_user & ~null_item
+    report.null_user, report.null_item = int(null_user.sum()), int(null_item.sum())
+    report.unparsable_timestamp = int(bad_ts.sum())
+    df = df[~(null_user | null_item | bad_ts)]
+
+    key = [c for c in ("user_id", "item_id", "timestamp", "event_type") if c in df.columns]
+    dup = df.duplicated(subset=key, keep="first")
+    report.duplicates = int(dup.sum())
+    df = df[~dup]
+
+    df = df.assign(user_id=_finish_ids(df["user_id"]), item_id=_finish_ids(df["item_id"]))
+    # Stable sort: rows equal on all three keys keep their input order.
+    df = df.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)
+    front = [c for c in (*REQUIRED, *OPTIONAL) if c in df.columns]
+    df = df[front + [c for c in df.columns if c not in front]]
+
+    log.info("loaded %d events from %s (%d users, %d items)", len(df), origin,
+             df["user_id"].nunique(), df["item_id"].nunique())
+    if report.total_dropped:
+        log.warning("dropped %d of %d rows from %s: %s", report.total_dropped, report.rows_read, origin,
+                    report.to_dict())
+    return df, report
+
+
+def _resolve_columns(df: pd.DataFrame, columns: ColumnMap, origin: str) -> Dict[str, str]:
+    """canonical name -> input name, for required columns and the optional ones present."""
+    available = [str(c) for c in df.columns]
+    mapping: Dict[str, str] = {}
+    for canon in REQUIRED:
+        src = getattr(columns, canon)
+        if src not in df.columns:
+            raise ValueError(f"{origin}: required column {src!r} (for {canon}) is missing; "
+                             f"available columns: {available}")
+        mapping[canon] = src
+    for canon in OPTIONAL:
+        src = getattr(columns, canon)
+        if src is not None and src in df.columns:
+            mapping[canon] = src
+    sources = set(mapping.values())
+    if len(sources) < len(mapping):
+        raise ValueError(f"{origin}: one input column mapped to several canonical columns: {mapping}")
+    for canon, src in mapping.items():
+        # e.g. mapping user_id <- session_id while an unrelated user_id column exists: refuse to guess.
+        if canon != src and canon in df.columns and canon not in sources:
+            raise ValueError(f"{origin}: column {canon!r} would be overwritten by {src!r}; "
+                             f"rename or drop {canon!r} first")
+    return mapping
+
+
+def to_unix_seconds(values: pd.Series, unit: str = "s") -> pd.Series:
+    """float64 unix seconds; NaN where a value cannot be read as a time."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return _datetimes_to_seconds(values)
+    if pd.api.types.is_bool_dtype(values):
+        return pd.Series(np.nan, index=values.index)
+    if pd.api.types.is_numeric_dtype(values):
+        out = values.astype("float64") * _UNIT_SECONDS[unit]
+        return out.where(np.isfinite(out))
+    # Text or mixed: numbers first, then datetime strings for whatever did not parse as a number.
+    out = pd.to_numeric(values, errors="coerce").astype("float64") * _UNIT_SECONDS[unit]
+    out = out.where(np.isfinite(out))
+    rest = out.isna() & values.notna()
+    if rest.any():
+        text = values[rest].astype(str)
+        parsed = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+        retry = parsed.isna()
+        if retry.any():  # not ISO 8601: parse one by one (ambiguous dates are read month first)
+            parsed[retry] = pd.to_datetime(text[retry], errors="coerce", utc=True, format="mixed")
+        out[rest] = _datetimes_to_seconds(parsed)
+    return out
+
+
+def _datetimes_to_seconds(values: pd.Series) -> pd.Series:
+    if getattr(values.dt, "tz", None) is None:
+        values = values.dt.tz_localize("UTC")
+    # Timedelta division is independent of the column's resolution (ns in pandas 2, often us in 3).
+    return (values - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+
+
+def _normalise_ids(values: pd.Series) -> pd.Series:
+    """Ids as int64-valued or str-valued objects, with blanks and NaN as missing (typed later)."""
+    if pd.api.types.is_integer_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.astype("Int64") if values.hasnans else values.astype("int64")
+    if pd.api.types.is_float_dtype(values):
+        finite = values.dropna()
+        if ((finite % 1 == 0) & (finite.abs() < 2**63)).all():
+            return values.astype("Int64")  # 12.0 came from a NaN in an int column: the id is 12
+        return values.map(lambda v: v if pd.isna(v) else repr(float(v)))
+    if pd.api.types.infer_dtype(values, skipna=True) in ("integer", "floating", "mixed-integer-float"):
+        return _normalise_ids(pd.to_numeric(values))  # Python numbers in an object column
+    # Text or mixed objects: everything as str; empty or all-blank strings are missing ids.
+    text = values.astype(str)
+    return text.mask(values.isna() | (text.str.strip() == ""))
+
+
+def _finish_ids(values: pd.Series) -> pd.Series:
+    """Final id dtype once nulls are gone: int64 if every id is an integer, else str."""
+    if pd.api.types.is_integer_dtype(values):
+        return values.astype("int64")
+    text = values.astype(str)
+    if len(text) and text.str.fullmatch(_INT_PATTERN).all():
+        return text.astype("int64")
+    return text
