@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from model import ModelConfig, SequenceModel, pad_batch
+
+
+def make(**kw):
+    cfg = ModelConfig(num_items=50, embedding_dim=8, hidden_dim=12, total_length=6, **kw)
+    return SequenceModel(cfg).eval()
+
+
+def test_pad_truncates_front_and_pads_end():
+    items, feats, lengths = pad_batch([[1, 2, 3, 4, 5, 6, 7, 8], [9, 10], []], [[], [], []], 5, 4)
+    assert items.tolist() == [[4, 5, 6, 7, 8], [9, 10, 0, 0, 0], [0, 0, 0, 0, 0]]
+    assert lengths.tolist() == [5, 2, 0]
+    assert feats.shape == (3, 5, 4) and int(feats.abs().sum()) == 0
+
+
+def test_pad_keeps_features_aligned_with_items():
+    f = [[i, i, i, i] for i in range(1, 9)]
+    _, feats, _ = pad_batch([list(range(1, 9))], [f], 5, 4)
+    assert feats[0, :, 0].tolist() == [4, 5, 6, 7, 8]
+    with pytest.raises(ValueError):
+        pad_batch([[1, 2]], [[[1, 1, 1, 1]]], 5, 4)
+
+
+@pytest.mark.parametrize("features", [False, True])
+def test_scripted_model_matches_eager(features):
+    kw = dict(use_time=True, use_event_type=True, use_source=True, event_types=["view", "buy"],
+              sources=["feed"]) if features else {}
+    m = make(**kw)
+    s = torch.jit.script(m)
+    hist = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11], [12]]
+    feats = [s.encode_events([float(t) for t in range(len(h))], ["view"] * len(h), ["x"] * len(h), 1e5)
+             for h in hist]
+    assert feats == [m.encode_events([float(t) for t in range(len(h))], ["view"] * len(h), ["x"] * len(h), 1e5)
+                     for h in hist]
+    a, b = s.pad(hist, feats), m.pad(hist, feats)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    ts, te = s(*a), m(*b)
+    assert torch.allclose(ts, te, atol=1e-6)
+    assert torch.allclose(s.score(ts @ s.item_matrix().T), m.score(te @ m.item_matrix().T), atol=1e-6)
+    assert torch.allclose(ts.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+
+def test_unknown_event_strings_map_to_unknown_id():
+    m = make(use_event_type=True, use_source=True, event_types=["view"], sources=["feed"])
+    rows = m.encode_events([0.0, 0.0], ["view", "never-seen"], ["feed", ""], 0.0)
+    assert [r[2] for r in rows] == [2, 1] and [r[3] for r in rows] == [2, 1]
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="hidden_size"):
+        ModelConfig.from_dict({"hidden_size": 3})
+
+
+def test_frozen_pretrained_vectors_do_not_move():
+    vec = torch.randn(51, 8)
+    m = SequenceModel(ModelConfig(num_items=50, embedding_dim=8, freeze_item_vectors=True), vec)
+    assert not m.item_embedding.weight.requires_grad
+    assert torch.allclose(m.item_matrix()[1:], torch.nn.functional.normalize(vec[1:], dim=-1), atol=1e-6)
+    with pytest.raises(ValueError):
+        SequenceModel(ModelConfig(num_items=50, embedding_dim=8), torch.randn(10, 8))
+
+
+def test_score_is_monotone_in_cosine():
+    m = make()
+    c = torch.linspace(-1, 1, 101)
+    s = m.score(c)
+    assert bool((s[1:] >= s[:-1]).all())

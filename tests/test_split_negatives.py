@@ -1,0 +1,56 @@
+import numpy as np
+import pandas as pd
+import torch
+
+from train.item_index import ItemIndex
+from train.negatives import CandidateSampler
+from train.split import leave_one_out, temporal_split
+
+
+def events():
+    df = pd.DataFrame({"user_id": [1] * 5 + [2] * 2 + [3] * 3,
+                       "item_id": [10, 11, 12, 13, 14, 10, 11, 12, 13, 10],
+                       "timestamp": [1, 2, 3, 4, 5, 1, 2, 6, 7, 8.0]})
+    idx = ItemIndex.from_items(df["item_id"])
+    return df.assign(item_idx=idx.encode(df["item_id"]))
+
+
+def test_item_index_keeps_types_and_reports_unknown():
+    idx = ItemIndex.from_items(pd.Series(["b", "a", "b"]))
+    assert idx.id_type == "str" and idx.encode(["a", "zz"]).tolist() == [1, 0]
+    assert ItemIndex.from_items(pd.Series([7, 3])).decode([1, 2]).tolist() == [3, 7]
+
+
+def test_leave_one_out():
+    s = leave_one_out(events(), min_events=3)
+    assert s.counts == {"users": 3, "users_evaluated": 2, "users_too_short_train_only": 1}
+    assert [len(r) for r in s.train] == [3, 2, 1]
+    assert s.test.targets.tolist() == [5, 1] and s.valid.targets.tolist() == [4, 4]
+    assert [len(h) for h in s.test.histories] == [4, 2]
+
+
+def test_temporal_split_uses_only_the_past():
+    ev = events()
+    s = temporal_split(ev, cut=0.8)
+    ts = ev["timestamp"].to_numpy()
+    for h, t in zip(s.test.histories, s.test.now):
+        assert (ts[h] < t).all()
+    assert s.counts["test_cut"] > s.counts["valid_cut"]
+
+
+def test_candidates_hold_every_target_once():
+    sampler = CandidateSampler(100, 32)
+    targets = torch.tensor([[5, 7, 0], [7, 99, 0]])
+    cands, pos = sampler.sample(targets, torch.Generator().manual_seed(0))
+    assert len(set(cands.tolist())) == len(cands) <= 32
+    mask = targets > 0
+    assert torch.equal(cands[pos[mask]], targets[mask])
+    assert 0 not in cands.tolist()
+
+
+def test_popularity_sampling_has_logq():
+    pop = torch.tensor([0, 1000, 10, 1, 0.0])
+    s = CandidateSampler(4, 3, pop, mode="popularity")
+    assert s.log_q[1] > s.log_q[2] > s.log_q[3]
+    draws = torch.cat([s.sample(torch.tensor([1]), torch.Generator().manual_seed(i))[0] for i in range(200)])
+    assert (draws == 1).sum() > (draws == 3).sum()

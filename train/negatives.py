@@ -1,0 +1,42 @@
+"""Sampled-softmax candidates (seed stage 2): every target in the batch plus random items."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+class CandidateSampler:
+    """uniform: random items uniformly from 1..N. popularity: random items with probability
+    proportional to popularity**alpha, and `log_q` holds the log sampling probability of every item
+    so the trainer can subtract it from the logits (logQ correction; in-batch targets are drawn
+    from the same popularity distribution, so the correction applies to them too)."""
+
+    def __init__(self, num_items: int, sample_size: int, popularity: Optional[Tensor] = None,
+                 mode: str = "uniform", alpha: float = 0.75):
+        if mode not in ("uniform", "popularity"):
+            raise ValueError(f"negatives must be 'uniform' or 'popularity', got {mode!r}")
+        self.num_items, self.sample_size, self.mode = num_items, sample_size, mode
+        self.log_q: Optional[Tensor] = None
+        if mode == "popularity":
+            if popularity is None:
+                raise ValueError("popularity sampling needs item popularity")
+            p = popularity.double().clamp(min=0).pow(alpha) + 1e-3  # unseen items stay reachable
+            p[0] = 0.0
+            self.probs = (p / p.sum()).float()
+            self.log_q = torch.log(self.probs.clamp(min=1e-12))
+
+    def sample(self, targets: Tensor, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
+        """targets: any shape, 0 = padding. Returns (candidates (C,), position of each target in
+        candidates, shaped like targets; padding targets map to position 0 and must be masked)."""
+        batch_targets = torch.unique(targets[targets > 0])
+        n_random = max(0, self.sample_size - batch_targets.numel())
+        if self.mode == "uniform":
+            rand = torch.randint(1, self.num_items + 1, (n_random,), generator=generator)
+        else:
+            rand = torch.multinomial(self.probs, n_random, replacement=True, generator=generator)
+        candidates = torch.unique(torch.cat([batch_targets, rand]))  # sorted, no duplicates
+        positions = torch.searchsorted(candidates, targets.clamp(min=1))
+        positions = positions.clamp(max=candidates.numel() - 1)
+        return candidates, positions

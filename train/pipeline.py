@@ -1,0 +1,153 @@
+"""Event log -> item index -> split -> sequences -> sampled training -> evaluation -> export.
+
+    result = run(TrainConfig(data="synthetic", epochs=5), "artifacts/demo")
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from model import SequenceModel
+
+from .config import TrainConfig
+from .evaluate import evaluate_ranking, model_scorer, popularity_scorer, summarize
+from .events import DropReport, load_events
+from .export import export_model
+from .item_index import ItemIndex
+from .negatives import CandidateSampler
+from .pretrained import load_item_vectors, svd_item_vectors
+from .report import plot_history
+from .sequences import EventColumns, SequentialDataset, encode_cases
+from .split import Cases, Split, leave_one_out, temporal_split
+from .trainer import fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    events: pd.DataFrame
+    items: Optional[pd.DataFrame]
+    drops: DropReport
+    index: ItemIndex
+    split: Split
+    cols: EventColumns
+    popularity: np.ndarray  # (N+1,) training events per item index
+
+
+def load_data(cfg: TrainConfig):
+    """-> (events, items or None, DropReport) in the canonical schema of train.events."""
+    if cfg.data == "synthetic":
+        from .synthetic import generate_marketplace
+        events, items = generate_marketplace(n_users=cfg.synthetic_users, n_items=cfg.synthetic_items, seed=cfg.seed)
+        return events, items, DropReport(rows_read=len(events))
+    if Path(cfg.data).suffix in (".csv", ".parquet"):
+        events, drops = load_events(cfg.data)
+        return events, None, drops
+    from .datasets import load_dataset
+    return load_dataset(cfg.data)
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    events, items, drops = load_data(cfg)
+    if events.empty:
+        raise ValueError(f"no events left in {cfg.data!r} after loading: {drops.to_dict()}")
+    index = ItemIndex.from_items(events["item_id"])
+    events = events.assign(item_idx=index.encode(events["item_id"]))
+    if cfg.split == "loo":
+        split = leave_one_out(events, cfg.min_events)
+    elif cfg.split == "temporal":
+        split = temporal_split(events, cfg.temporal_cut)
+    else:
+        raise ValueError(f"split must be 'loo' or 'temporal', got {cfg.split!r}")
+    train_rows = np.concatenate(split.train) if split.train else np.zeros(0, np.int64)
+    popularity = np.bincount(events["item_idx"].to_numpy()[train_rows], minlength=len(index) + 1)
+    popularity[0] = 0
+    return Prepared(events, items, drops, index, split, EventColumns(events), popularity)
+
+
+def build_model(cfg: TrainConfig, prep: Prepared) -> SequenceModel:
+    mc = cfg.model
+    mc.num_items = len(prep.index)
+    if mc.use_event_type and not mc.event_types and "event_type" in prep.events:
+        mc.event_types = sorted(prep.events["event_type"].astype(str).unique().tolist())
+    if mc.use_source and not mc.sources and "source" in prep.events:
+        mc.sources = sorted(prep.events["source"].astype(str).unique().tolist())
+    vectors = None
+    if cfg.pretrained == "svd":
+        seqs = [prep.cols.items[r] for r in prep.split.train]
+        vectors = svd_item_vectors(seqs, mc.num_items, mc.embedding_dim, seed=cfg.seed)
+    elif cfg.pretrained != "none":
+        vectors = load_item_vectors(cfg.pretrained, prep.index, mc.embedding_dim)
+    return SequenceModel(mc, vectors)
+
+
+def _evaluate(model: SequenceModel, prep: Prepared, cases: Cases, cfg: TrainConfig, ci: bool) -> Dict[str, Any]:
+    items, feats, lengths = encode_cases(model, prep.cols, cases)
+    targets = torch.as_tensor(cases.targets)
+    model.eval()
+    with torch.no_grad():
+        m = evaluate_ranking(model_scorer(model), items, feats, lengths, targets, cfg.exclude_seen)
+    p = evaluate_ranking(popularity_scorer(prep.popularity), items, feats, lengths, targets, cfg.exclude_seen)
+    return {"model": summarize(m, ci=ci, seed=cfg.seed), "popularity": summarize(p, ci=ci, seed=cfg.seed)}
+
+
+def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
+    """Train, evaluate on the test cases next to popularity, export. Returns the summary."""
+    t_start = time.perf_counter()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(out_dir)
+    work = out / "train"
+    work.mkdir(parents=True, exist_ok=True)
+    prep = prepare(cfg)
+    model = build_model(cfg, prep)
+    data = SequentialDataset(model, prep.cols, prep.split.train)
+    sampler = CandidateSampler(len(prep.index), cfg.sample_size, torch.as_tensor(prep.popularity), cfg.negatives)
+    valid_cases = prep.split.valid.subset(cfg.max_eval_users, cfg.seed)
+    valid_inputs = encode_cases(model, prep.cols, valid_cases)
+    valid_targets = torch.as_tensor(valid_cases.targets)
+
+    def validate(m: SequenceModel) -> Dict[str, float]:
+        with torch.no_grad():
+            per = evaluate_ranking(model_scorer(m), *valid_inputs, valid_targets, cfg.exclude_seen)
+        return summarize(per)
+
+    checkpoint = work / "checkpoint.pt"
+    if not resume and checkpoint.exists():
+        checkpoint.unlink()
+    hist = fit(model, data, cfg, sampler, validate, checkpoint)
+    test = _evaluate(model, prep, prep.split.test, cfg, ci=True)
+
+    summary = {
+        "data": {"name": cfg.data, "events": len(prep.events), "users": int(prep.events["user_id"].nunique()),
+                 "items": len(prep.index), "training_windows": len(data), "training_events": data.num_events,
+                 "dropped": prep.drops.to_dict(), "split": prep.split.counts,
+                 "valid_cases": len(valid_cases), "test_cases": len(prep.split.test)},
+        "config": cfg.to_dict(),
+        "epochs": len(hist.epochs), "best_epoch": hist.best_epoch,
+        "train_seconds": hist.train_seconds, "wall_seconds": time.perf_counter() - t_start,
+        "sequences_per_s": hist.sequences_seen / max(hist.train_seconds, 1e-9),
+        "events_per_s": hist.events_seen / max(hist.train_seconds, 1e-9),
+        "history": hist.epochs,
+        "test": test,
+        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
+    }
+    (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    plot_history(hist.epochs, work / "training.png", title=f"seqrec on {cfg.data}")
+    meta = {"model_config": cfg.model.to_dict(), "train_config": cfg.to_dict(),
+            "data_summary": summary["data"], "metrics": test}
+    if cfg.version:
+        meta["model_version"] = cfg.version
+    export_model(model, prep.index, prep.popularity[1:], out, items=prep.items, metadata=meta)
+    return summary

@@ -1,0 +1,139 @@
+"""The training loop: sampled softmax, periodic full-ranking validation, early stopping on
+NDCG@10, a checkpoint after every epoch, resume, fixed seed. DDP-ready: under torchrun the loss
+module is wrapped in DistributedDataParallel and each rank takes its share of the batches.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from model import SequenceModel
+
+from .config import TrainConfig
+from .loss import SampledSoftmaxLoss
+from .negatives import CandidateSampler
+from .sequences import SequentialDataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class History:
+    epochs: List[Dict[str, float]] = field(default_factory=list)
+    best_ndcg: float = -1.0
+    best_epoch: int = -1
+    bad_evals: int = 0
+    train_seconds: float = 0.0
+    sequences_seen: int = 0
+    events_seen: int = 0
+
+
+def _rank_world():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler: CandidateSampler,
+        validate: Callable[[SequenceModel], Dict[str, float]], checkpoint: Optional[Path] = None) -> History:
+    """Train in place; leaves the best-validated weights in `model`. Resumes from `checkpoint`
+    when it exists (same seed and data give the same result as an uninterrupted run)."""
+    rank, world = _rank_world()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loss_module = SampledSoftmaxLoss(model)
+    step_module = torch.nn.parallel.DistributedDataParallel(loss_module) if world > 1 else loss_module
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    hist, start_epoch = History(), 0
+    best_state = copy.deepcopy(model.state_dict())
+
+    if checkpoint is not None and checkpoint.exists():
+        ck = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(ck["model"]); opt.load_state_dict(ck["optimizer"])
+        best_state = ck["best_model"]; gen.set_state(ck["generator"]); torch.set_rng_state(ck["torch_rng"])
+        hist = History(**ck["history"]); start_epoch = ck["epoch"] + 1
+        log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
+
+    log_q = sampler.log_q if (cfg.negatives == "popularity" and cfg.logq) else None
+    n = len(data)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        batches = _length_bucketed_batches(data.lengths, cfg.batch_size, gen)[rank::world]
+        total, seqs, events = 0.0, 0, 0
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0 or None,
+                   leave=False, mininterval=2.0)
+        for b in bar:
+            lengths = data.lengths[b]
+            t = int(lengths.max())  # padding is at the end: columns past the longest are all padding
+            items, feats, targets = data.items[b, :t], data.features[b, :t], data.targets[b, :t]
+            cands, pos = sampler.sample(targets, gen)
+            loss = step_module(items, feats, targets, cands, pos, log_q)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(b); seqs += len(b); events += int(lengths.sum())
+            el = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{total / seqs:.4f}", seq_s=f"{seqs / el:.0f}")
+        seconds = time.perf_counter() - t0
+        hist.train_seconds += seconds; hist.sequences_seen += seqs; hist.events_seen += events
+        row = {"epoch": epoch + 1, "loss": total / max(seqs, 1), "seconds": seconds,
+               "sequences_per_s": seqs / seconds, "events_per_s": events / seconds}
+        stop = False
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            model.eval()
+            metrics = validate(model) if rank == 0 else {}
+            row.update({f"valid_{k}": v for k, v in metrics.items() if isinstance(v, float)})
+            ndcg = metrics.get("NDCG@10", -1.0)
+            if ndcg > hist.best_ndcg:
+                hist.best_ndcg, hist.best_epoch, hist.bad_evals = ndcg, epoch + 1, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                hist.bad_evals += 1
+                stop = hist.bad_evals >= cfg.patience
+        hist.epochs.append(row)
+        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
+        if cfg.max_train_seconds and hist.train_seconds >= cfg.max_train_seconds:
+            log.info("time budget of %.0f s reached", cfg.max_train_seconds)
+            stop = True
+        if world > 1:  # every rank must take the same early-stopping decision
+            flag = [stop]
+            dist.broadcast_object_list(flag, src=0)
+            stop = flag[0]
+        if checkpoint is not None and rank == 0:
+            _save(checkpoint, model, opt, best_state, gen, hist, epoch)
+        if stop:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return hist
+
+
+def _length_bucketed_batches(lengths, batch_size: int, gen: torch.Generator, pool: int = 50):
+    """Random batches of similar lengths: shuffle, sort within pools of `pool` batches, shuffle the
+    batches. Most histories are far shorter than total_length, so this saves most LSTM steps."""
+    order = torch.randperm(len(lengths), generator=gen)
+    batches = []
+    for s in range(0, len(order), batch_size * pool):
+        chunk = order[s:s + batch_size * pool]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def _save(path: Path, model, opt, best_state, gen, hist: History, epoch: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "best_model": best_state,
+                "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": hist.__dict__, "epoch": epoch}, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
