@@ -3,8 +3,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt sdk/pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
+DEMO_DIR := artifacts/demo
 
-.PHONY: setup test demo java
+.PHONY: setup java test demo train-demo bench-quality bench-serve bench-sdk
 
 setup: $(STAMP) java
 
@@ -20,3 +21,15 @@ java:
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# Train on the embedded synthetic marketplace and export to $(DEMO_DIR).
+train-demo: setup
+	$(PY) -m train --data synthetic --out $(DEMO_DIR) --epochs 10 --version 1.0 --fresh
+
+demo: train-demo
+
+bench-quality: setup
+	$(PY) bench/quality.py
+
+bench-sdk: setup
+	$(PY) bench/sdk_overhead.py

@@ -82,7 +82,7 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(b); seqs += len(b); events += int(lengths.sum())
+            total += float(loss.detach()) * len(b); seqs += len(b); events += int(lengths.sum())
             el = time.perf_counter() - t0
             bar.set_postfix(loss=f"{total / seqs:.4f}", seq_s=f"{seqs / el:.0f}")
         seconds = time.perf_counter() - t0
