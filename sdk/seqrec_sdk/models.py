@@ -1,0 +1,203 @@
+"""The SDK's values: frozen dataclasses in, frozen dataclasses out.
+
+A history is a sequence of plain item ids (``int`` or ``str``, as in training) or of
+:class:`Event`; the server answers :class:`Recommendations`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+__all__ = [
+    "ItemId",
+    "Event",
+    "HistoryItem",
+    "RecommendRequest",
+    "ScoredItem",
+    "Recommendations",
+    "Variant",
+    "Exposure",
+    "ModelVersion",
+    "ClientStats",
+]
+
+ItemId = Union[int, str]
+Timestamp = Union[int, float, _dt.datetime]
+
+
+def unix_seconds(value: Optional[Timestamp]) -> Optional[float]:
+    """datetime -> unix seconds (naive datetimes are taken as UTC); numbers pass through."""
+    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value  # type: ignore[return-value]
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return value.timestamp()
+    raise TypeError(f"timestamp must be unix seconds or a datetime, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One interaction of the user, oldest first in a history."""
+
+    item_id: ItemId
+    timestamp: Optional[Timestamp] = None
+    event_type: Optional[str] = None  # e.g. "view", "cart", "purchase"
+    source: Optional[str] = None  # e.g. "search", "feed"
+
+    def to_json(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"item_id": self.item_id}
+        if self.timestamp is not None:
+            out["timestamp"] = unix_seconds(self.timestamp)
+        if self.event_type is not None:
+            out["event_type"] = self.event_type
+        if self.source is not None:
+            out["source"] = self.source
+        return out
+
+
+HistoryItem = Union[int, str, Event]
+
+
+@dataclass(frozen=True)
+class RecommendRequest:
+    """The arguments of one :meth:`Client.recommend` call, for :meth:`Client.recommend_many`."""
+
+    history: Sequence[HistoryItem]
+    k: int = 10
+    user_id: Optional[str] = None
+    exclude: Optional[Sequence[ItemId]] = None
+    candidates: Optional[Sequence[ItemId]] = None
+    exclude_seen: bool = True
+    now: Optional[Timestamp] = None
+    version: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.history, (str, bytes)) or not isinstance(self.history, Sequence):
+            raise TypeError("history must be a list of item ids or Events, oldest first")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be a positive int, got {self.k!r}")
+
+    def body(self) -> Dict[str, Any]:
+        """The JSON body of the HTTP contract; optional fields only when set (the server
+        refuses unknown fields, and sends defaults for missing ones)."""
+        history = list(self.history)
+        if any(isinstance(h, Event) for h in history):
+            # one shape per list: plain ids become {"item_id": id} next to events
+            history = [h.to_json() if isinstance(h, Event) else {"item_id": h} for h in history]
+        out: Dict[str, Any] = {"history": history, "k": self.k, "exclude_seen": self.exclude_seen}
+        if self.exclude is not None:
+            out["exclude"] = list(self.exclude)
+        if self.candidates is not None:
+            out["candidates"] = list(self.candidates)
+        if self.user_id is not None:
+            out["user_id"] = str(self.user_id)
+        if self.now is not None:
+            out["now"] = unix_seconds(self.now)
+        return out
+
+    def history_ids(self) -> Tuple[ItemId, ...]:
+        return tuple(h.item_id if isinstance(h, Event) else h for h in self.history)
+
+
+@dataclass(frozen=True)
+class ScoredItem:
+    item_id: ItemId
+    score: float
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of an experiment, served by ``/predictions/<model>/<model_version>``.
+
+    ``weight`` is the share of covered users; leave every weight None for equal shares."""
+
+    name: str
+    model_version: str
+    weight: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """One served answer.
+
+    ``fallback`` is True when the server could not answer (timeout, unreachable, 5xx after the
+    retries) and the client's fallback produced ``items``; ``fallback_reason`` says why.
+    ``server_fallback`` is the server's own flag (e.g. "popular" for an empty or all-unknown
+    history): the model did answer, with popular items. ``recommendation_id`` is unique per
+    answer; log it with clicks to attribute them."""
+
+    items: Tuple[ScoredItem, ...]
+    model: str
+    model_version: Optional[str]
+    recommendation_id: str
+    variant: Optional[str] = None
+    experiment: Optional[str] = None
+    fallback: bool = False
+    fallback_reason: Optional[str] = None
+    latency_ms: float = 0.0
+    unknown_items: Tuple[ItemId, ...] = ()
+    server_fallback: Optional[str] = None
+
+    @property
+    def item_ids(self) -> Tuple[ItemId, ...]:
+        return tuple(i.item_id for i in self.items)
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """What ``on_exposure`` receives: a user in an experiment was shown these items."""
+
+    experiment_key: str
+    variant: str
+    user_id: str
+    model_version: Optional[str]
+    recommendation_id: str
+    item_ids: Tuple[ItemId, ...]
+    timestamp: float
+    fallback: bool = False
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "experiment_key": self.experiment_key,
+            "variant": self.variant,
+            "user_id": self.user_id,
+            "model_version": self.model_version,
+            "recommendation_id": self.recommendation_id,
+            "item_ids": list(self.item_ids),
+            "timestamp": self.timestamp,
+            "fallback": self.fallback,
+        }
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version, from TorchServe's management API."""
+
+    version: str
+    ready_workers: int
+    workers: int
+    batch_size: Optional[int] = None
+    max_batch_delay_ms: Optional[int] = None
+    url: Optional[str] = None
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_workers > 0
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """Counters since the client was created (a snapshot; see ``Client.stats``)."""
+
+    requests: int = 0  # recommend() calls
+    ok: int = 0  # answered by the server
+    errors: int = 0  # raised to the caller
+    retries: int = 0  # extra HTTP attempts after a connection error or 503/504
+    fallbacks: int = 0
+    fallback_reasons: Mapping[str, int] = field(default_factory=dict)
+    token_reloads: int = 0  # token file re-read after the server refused the key
+    exposures: int = 0
+    exposure_errors: int = 0  # on_exposure raised (logged, never propagated)
