@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Pack an export directory (docs/export-format.md) into a TorchServe model archive.
+#
+#   ./archive.sh artifacts/demo                    # -> model_store/seqrec_<version>.mar + seqrec.mar link
+#   torchserve --start --ncs --ts-config config.properties --models seqrec=seqrec.mar
+#
+# One archive per model version, named <name>_<version>.mar so versions coexist in one model
+# store and load side by side (--models seqrec=seqrec_1.0.mar seqrec=seqrec_2.0.mar); <name>.mar
+# is a symlink to the version archived last, the stable name `make serve` uses.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+usage() {
+    cat >&2 <<EOF
+usage: $0 <export-dir> [--name seqrec] [--out model_store] [--config handler/model-config.yaml]
+
+  <export-dir>  directory written by \`python -m train --out ...\` (model.pt, item_vectors.npy,
+                items.parquet, metadata.json with model_version and sha256 of every file)
+  --name        model name inside the archive (default seqrec)
+  --out         model store directory (default model_store; created if missing)
+  --config      TorchServe model YAML: batchSize, maxBatchDelay, minWorkers, maxWorkers,
+                responseTimeout (default handler/model-config.yaml)
+EOF
+    exit 2
+}
+die() { echo "archive.sh: $*" >&2; exit 1; }
+
+[[ $# -ge 1 ]] || usage
+case "$1" in -h|--help) usage ;; esac
+EXPORT="$1"; shift
+NAME=seqrec
+OUT=model_store
+CONFIG="$HERE/handler/model-config.yaml"
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --name) [[ $# -ge 2 ]] || usage; NAME="$2"; shift 2 ;;
+        --out) [[ $# -ge 2 ]] || usage; OUT="$2"; shift 2 ;;
+        --config) [[ $# -ge 2 ]] || usage; CONFIG="$2"; shift 2 ;;
+        -h|--help) usage ;;
+        *) echo "archive.sh: unknown argument: $1" >&2; usage ;;
+    esac
+done
+
+[[ -d "$EXPORT" ]] || die "export directory not found: $EXPORT"
+for f in model.pt item_vectors.npy items.parquet metadata.json; do
+    [[ -f "$EXPORT/$f" ]] || die "$EXPORT/$f is missing; is this a training export (docs/export-format.md)?"
+done
+[[ -f "$CONFIG" ]] || die "model config not found: $CONFIG"
+[[ "$NAME" =~ ^[A-Za-z0-9][A-Za-z0-9_-]*$ ]] || die "--name must be letters, digits, _ or - (got '$NAME')"
+
+ARCHIVER="${TORCH_MODEL_ARCHIVER:-$(command -v torch-model-archiver || true)}"
+[[ -n "$ARCHIVER" ]] || ARCHIVER="$HERE/.venv/bin/torch-model-archiver"
+[[ -x "$ARCHIVER" ]] || die "torch-model-archiver not found: run \`make setup\` or activate the venv (or set TORCH_MODEL_ARCHIVER)"
+PYTHON="$(command -v python3 || true)"
+[[ -n "$PYTHON" ]] || die "python3 not found"
+
+# The version from metadata.json, and the sha256 of every listed file checked now rather than
+# when TorchServe loads the archive (the handler checks them again at load).
+VERSION="$("$PYTHON" - "$EXPORT" <<'PY'
+import hashlib, json, sys
+from pathlib import Path
+d = Path(sys.argv[1])
+try:
+    meta = json.loads((d / "metadata.json").read_text())
+except ValueError as e:
+    sys.exit(f"archive.sh: {d}/metadata.json is not valid JSON: {e}")
+version = str(meta.get("model_version") or "")
+if not version:
+    sys.exit(f"archive.sh: {d}/metadata.json has no model_version")
+files = meta.get("files") or {}
+for name in ("model.pt", "item_vectors.npy", "items.parquet"):
+    if name not in files:
+        sys.exit(f"archive.sh: {d}/metadata.json lists no sha256 for {name}")
+for name, want in files.items():
+    h = hashlib.sha256()
+    with open(d / name, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != want:
+        sys.exit(f"archive.sh: sha256 mismatch for {d}/{name}: the export is corrupt or was edited")
+print(version)
+PY
+)" || exit 1
+[[ "$VERSION" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] \
+    || die "model_version '$VERSION' must be letters, digits, '.', '_' or '-' (it becomes a file name and a URL part)"
+
+mkdir -p "$OUT"
+# Build in a scratch folder inside $OUT, then rename: the archiver writes <name>.mar, which may be
+# our symlink to an older version's archive.
+TMP="$(mktemp -d "$OUT/.archive.XXXXXX")"
+trap 'rm -rf "$TMP"' EXIT
+EXTRA="$HERE/handler/seqrec_contract.py,$HERE/handler/seqrec_scoring.py,$HERE/handler/seqrec_catalogue.py"
+EXTRA+=",$EXPORT/item_vectors.npy,$EXPORT/items.parquet,$EXPORT/metadata.json"
+"$ARCHIVER" --model-name "$NAME" --version "$VERSION" \
+    --serialized-file "$EXPORT/model.pt" \
+    --handler "$HERE/handler/seqrec_handler.py" \
+    --extra-files "$EXTRA" \
+    --config-file "$CONFIG" \
+    --export-path "$TMP" --force \
+    || die "torch-model-archiver failed"
+
+MAR="${NAME}_${VERSION}.mar"
+mv -f "$TMP/$NAME.mar" "$OUT/$MAR"
+ln -sfn "$MAR" "$OUT/$NAME.mar"
+echo "$OUT/$MAR (version $VERSION); $OUT/$NAME.mar -> $MAR"
