@@ -21,15 +21,33 @@ class ModelConfig:
     total_length: int = 50             # histories are padded/truncated to this many events
     freeze_item_vectors: bool = False  # seed stage 1: fixed (pretrained) item representation
     init_scale: float = 10.0           # initial |w|: cosine models want a temperature of 10-30
-    # Stage 3: time (age of each event relative to `now`, gap since the previous event)
+    # Stage 3: time (age of each event, gap since the previous event), log2 buckets of seconds
     use_time: bool = False
-    time_buckets: int = 24             # log2-scaled buckets of seconds, see features.time_bucket
+    time_buckets: int = 24             # see features.time_bucket
+    age_reference: str = "next"        # "now": age = now - t; "next": time until the next event
+                                       # (the last event: until now), see features.encode_time_features
     # Stage 5: event context
     use_event_type: bool = False
     use_source: bool = False
     event_types: List[str] = field(default_factory=list)  # vocabulary; id = position + 2
     sources: List[str] = field(default_factory=list)
     feature_dim: int = 16              # size of each per-event feature embedding
+    # Stage 4: item content. item vector = normalize(id embedding + ContentEncoder(content)); items
+    # without an id row (added by a catalogue update) get normalize(content) alone.
+    use_content: bool = False
+    content_categorical: List[str] = field(default_factory=list)  # item columns; empty: auto-detect
+    content_numeric: List[str] = field(default_factory=list)      # (see train/content.py)
+    content_text: List[str] = field(default_factory=list)
+    content_vocab: List[str] = field(default_factory=list)        # "field=value"; id = position + 2
+    content_numeric_stats: List[List[float]] = field(default_factory=list)  # [mean, std] of log1p
+    content_hash_buckets: int = 4096   # hashed words of text fields
+    content_max_tokens: int = 16       # per item, for categorical tokens and for text words
+    id_dropout: float = 0.25           # training: P(an item's id embedding is dropped), so the
+                                       # content vector alone must be a usable item vector
+
+    def __post_init__(self):
+        if self.age_reference not in ("now", "next"):
+            raise ValueError(f"age_reference must be 'now' or 'next', got {self.age_reference!r}")
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":

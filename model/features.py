@@ -14,13 +14,21 @@ def time_bucket(seconds: float, num_buckets: int) -> int:
     return min(b, num_buckets - 1)
 
 
-def encode_time_features(timestamps: List[float], now: float, num_buckets: int) -> List[List[int]]:
-    """For each event: [age bucket (now - t), gap bucket (t - previous t; the first event gets 1)]."""
+def encode_time_features(timestamps: List[float], now: float, num_buckets: int,
+                         until_next: bool = False) -> List[List[int]]:
+    """For each event: [age bucket, gap bucket (t - previous t; the first event gets 1)].
+
+    Age is `now - t` (until_next=False), or with until_next=True the time until the *next* event,
+    `t[i+1] - t[i]`, and `now - t` for the last event. Either way the last event's age is the time
+    from it to the moment of prediction; "until next" gives every earlier position the same meaning
+    relative to the target it predicts in training (the next event), which one `now` cannot."""
     out: List[List[int]] = []
     prev = -1.0
-    for i in range(len(timestamps)):
+    n = len(timestamps)
+    for i in range(n):
         t = timestamps[i]
-        age = time_bucket(now - t, num_buckets)
+        ref = timestamps[i + 1] if until_next and i + 1 < n else now
+        age = time_bucket(ref - t, num_buckets)
         gap = 1 if i == 0 else time_bucket(t - prev, num_buckets)
         out.append([age, gap])
         prev = t

@@ -6,6 +6,10 @@ space; items are scored by cosine similarity through a learned scale |w| and bia
     taste = model(items, feats, lengths)                                  # (B, D), unit norm
     scores = model.score(taste @ model.item_matrix().T)                   # (B, N+1)
 
+With `use_content`, an item vector is normalize(id embedding + content vector), and items the id
+table does not know (indices past num_items, added by a catalogue update through
+`set_item_content`) are represented by their content alone, as inputs and as candidates.
+
 Everything a server needs (padding, event encoding, the score transform) is a method of this
 module, so `torch.jit.script(model)` carries the one source of truth into the handler.
 """
@@ -18,6 +22,7 @@ from torch import Tensor, nn
 # Feature columns are written as literals below (TorchScript cannot read module constants):
 # 0 age, 1 gap, 2 event type, 3 source -- see config.FEATURE_*.
 from .config import NUM_EVENT_FEATURES, ModelConfig
+from .content import ContentEncoder
 from .features import encode_time_features
 from .padding import pad_batch
 
@@ -26,7 +31,10 @@ class SequenceModel(nn.Module):
     event_type_ids: Dict[str, int]
     source_ids: Dict[str, int]
 
-    def __init__(self, config: ModelConfig, item_vectors: Optional[Tensor] = None):
+    def __init__(self, config: ModelConfig, item_vectors: Optional[Tensor] = None,
+                 item_content: Optional[Tuple[Tensor, Tensor, Tensor]] = None):
+        """item_content: (categorical, text, numeric) rows 0..N from train.content, required
+        with use_content."""
         super().__init__()
         if config.num_items < 1:
             raise ValueError("ModelConfig.num_items must be >= 1")
@@ -36,6 +44,11 @@ class SequenceModel(nn.Module):
         self.use_time = config.use_time
         self.use_event_type = config.use_event_type
         self.use_source = config.use_source
+        self.until_next = config.age_reference == "next"
+        self.use_content = config.use_content
+        self.num_id_items = config.num_items  # rows 1..num_items of the id table are trained items
+        self.id_dropout = float(config.id_dropout)
+        self.dim = config.embedding_dim
         # Vocabularies live in the scripted module so serving maps strings exactly as training did.
         self.event_type_ids: Dict[str, int] = {v: i + 2 for i, v in enumerate(config.event_types)}
         self.source_ids: Dict[str, int] = {v: i + 2 for i, v in enumerate(config.sources)}
@@ -54,6 +67,25 @@ class SequenceModel(nn.Module):
                 self.item_embedding.weight[0].zero_()
         self.item_embedding.weight.requires_grad_(not config.freeze_item_vectors)
 
+        # Stage 4: the content encoder and every item's content ids (buffers, so they travel with
+        # the scripted model; a catalogue update appends rows with set_item_content).
+        c = config.use_content
+        self.content_encoder = ContentEncoder(len(config.content_vocab) if c else 0,
+                                              config.content_hash_buckets if c else 1,
+                                              len(config.content_numeric) if c else 0, d)
+        for p in self.content_encoder.parameters():
+            p.requires_grad_(c)
+        if c and item_content is None:
+            raise ValueError("use_content needs item_content (see train.content.encode_content)")
+        if not c:
+            item_content = (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long),
+                            torch.zeros(1, 1))
+        assert item_content is not None
+        self.register_buffer("item_categorical", torch.zeros(1, 1, dtype=torch.long))
+        self.register_buffer("item_text", torch.zeros(1, 1, dtype=torch.long))
+        self.register_buffer("item_numeric", torch.zeros(1, 1))
+        self.set_item_content(item_content[0], item_content[1], item_content[2])
+
         fd = config.feature_dim
         # One small embedding per switchable event feature; disabled ones are 1-row placeholders
         # so the scripted graph has a fixed shape.
@@ -61,6 +93,9 @@ class SequenceModel(nn.Module):
         self.gap_embedding = nn.Embedding(config.time_buckets if config.use_time else 1, fd, padding_idx=0)
         self.type_embedding = nn.Embedding(len(config.event_types) + 2 if config.use_event_type else 1, fd, padding_idx=0)
         self.source_embedding = nn.Embedding(len(config.sources) + 2 if config.use_source else 1, fd, padding_idx=0)
+        for emb, on in ((self.age_embedding, config.use_time), (self.gap_embedding, config.use_time),
+                        (self.type_embedding, config.use_event_type), (self.source_embedding, config.use_source)):
+            emb.weight.requires_grad_(on)  # unused placeholders must not count as trainable (DDP checks)
         n_feat = 2 * int(config.use_time) + int(config.use_event_type) + int(config.use_source)
 
         self.input_dropout = nn.Dropout(config.dropout)
@@ -70,7 +105,9 @@ class SequenceModel(nn.Module):
         self.output_dropout = nn.Dropout(config.dropout)
         self.rnn2item = nn.Linear(config.hidden_dim, d)
         self.w = nn.Parameter(torch.tensor(float(config.init_scale)))
-        self.b = nn.Parameter(torch.tensor(0.0))
+        # The seed's bias b: a softmax over candidates is shift-invariant, so the loss gives it no
+        # gradient; it stays a (frozen) parameter of the score transform.
+        self.b = nn.Parameter(torch.tensor(0.0), requires_grad=False)
 
     # ---- the shared encoding: called by training directly and by the handler on the scripted model
     @torch.jit.export
@@ -82,7 +119,7 @@ class SequenceModel(nn.Module):
                       now: float) -> List[List[int]]:
         """One row of NUM_EVENT_FEATURES ids per event. NaN timestamps and unseen strings map to
         the "unknown" id 1; features the model does not use are left 0."""
-        time_feats = encode_time_features(timestamps, now, self.time_buckets)
+        time_feats = encode_time_features(timestamps, now, self.time_buckets, self.until_next)
         rows: List[List[int]] = []
         for i in range(len(timestamps)):
             row = [0, 0, 0, 0]
@@ -96,10 +133,51 @@ class SequenceModel(nn.Module):
             rows.append(row)
         return rows
 
+    @torch.jit.export
+    def set_item_content(self, categorical: Tensor, text: Tensor, numeric: Tensor) -> None:
+        """Replace every item's content ids: rows 0..M (M >= num_items; rows past num_items are
+        items added after training). Used at construction and by catalogue updates."""
+        if self.use_content:
+            rows = categorical.size(0)
+            if rows < self.num_id_items + 1 or text.size(0) != rows or numeric.size(0) != rows:
+                raise ValueError("item content needs the same number of rows (>= num_items + 1) in each tensor")
+            if numeric.size(1) != self.content_encoder.numeric.in_features:
+                raise ValueError("item content has the wrong number of numeric columns")
+        self.item_categorical = categorical.long()
+        self.item_text = text.long()
+        self.item_numeric = numeric.float()
+
+    @torch.jit.export
+    def num_rows(self) -> int:
+        """Rows of the item matrix: N + 1, or more after a catalogue update added items."""
+        if self.use_content:
+            return self.item_categorical.size(0)
+        return self.num_id_items + 1
+
+    @torch.jit.export
+    def item_vectors(self, idx: Tensor) -> Tensor:
+        """Unit item vectors (M, D) for item indices (M,). In training mode, with use_content, each
+        id embedding is dropped with probability id_dropout, as if the item were new."""
+        return self._item_vectors(idx, self.training)
+
+    def _item_vectors(self, idx: Tensor, drop_ids: bool) -> Tensor:
+        if not self.use_content:
+            return F.normalize(self.item_embedding(idx), dim=-1)
+        known = idx <= self.num_id_items
+        v = self.item_embedding(torch.where(known, idx, torch.zeros_like(idx)))
+        if drop_ids and self.id_dropout > 0:
+            keep = torch.rand(idx.size(0), device=idx.device) >= self.id_dropout
+            v = v * keep.unsqueeze(1).to(v.dtype)
+        v = v + self.content_encoder(self.item_categorical[idx], self.item_text[idx], self.item_numeric[idx])
+        return F.normalize(v, dim=-1)
+
     # ---- tensors in, tensors out
     def sequence_tastes(self, items: Tensor, features: Tensor) -> Tensor:
         """items (B, T), features (B, T, F) -> unit taste vectors at every position (B, T, D)."""
-        x = [self.item_embedding(items)]
+        if self.use_content:
+            x = [self._item_vectors(items.reshape(-1), self.training).view(items.size(0), items.size(1), self.dim)]
+        else:
+            x = [self.item_embedding(items)]
         if self.use_time:
             x.append(self.age_embedding(features[:, :, 0]))
             x.append(self.gap_embedding(features[:, :, 1]))
@@ -119,7 +197,10 @@ class SequenceModel(nn.Module):
 
     @torch.jit.export
     def item_matrix(self) -> Tensor:
-        """Unit item vectors (N+1, D); row 0 (padding) is zero."""
+        """Unit item vectors (rows, D), rows = num_rows(); row 0 (padding) is zero."""
+        if self.use_content:
+            m = self._item_vectors(torch.arange(1, self.num_rows(), device=self.item_categorical.device), False)
+            return torch.cat([torch.zeros_like(m[:1]), m], dim=0)
         m = F.normalize(self.item_embedding.weight, dim=-1)
         return torch.cat([torch.zeros_like(m[:1]), m[1:]], dim=0)
 

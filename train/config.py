@@ -33,6 +33,8 @@ class TrainConfig:
     synthetic_users: int = 2000
     synthetic_items: int = 1500
     version: str = ""                # model version written to metadata ("" = timestamp)
+    cold_start_items: float = 0.0    # >0: hold this fraction of items out of training and report
+                                     # their cold-start ranking from content (train/coldstart.py)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @classmethod

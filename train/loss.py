@@ -24,7 +24,7 @@ class SampledSoftmaxLoss(nn.Module):
                 positions: Tensor, log_q: Optional[Tensor] = None) -> Tensor:
         mask = targets > 0                                                    # (B, T)
         tastes = self.model.sequence_tastes(items, features)[mask]            # (M, D)
-        cand = F.normalize(self.model.item_embedding(candidates), dim=-1)     # (C, D)
+        cand = self.model.item_vectors(candidates)                            # (C, D)
         logits = (tastes @ cand.T) * self.model.temperature()                 # (M, C)
         if log_q is not None:
             logits = logits - log_q[candidates]

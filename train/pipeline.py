@@ -42,6 +42,7 @@ class Prepared:
     split: Split
     cols: EventColumns
     popularity: np.ndarray  # (N+1,) training events per item index
+    cold_events: Optional[pd.DataFrame] = None  # events on items held out (cfg.cold_start_items)
 
 
 def load_data(cfg: TrainConfig):
@@ -61,6 +62,10 @@ def prepare(cfg: TrainConfig) -> Prepared:
     events, items, drops = load_data(cfg)
     if events.empty:
         raise ValueError(f"no events left in {cfg.data!r} after loading: {drops.to_dict()}")
+    cold = None
+    if cfg.cold_start_items > 0:
+        from .coldstart import hold_out_items
+        events, cold = hold_out_items(events, cfg.cold_start_items, cfg.seed)
     index = ItemIndex.from_items(events["item_id"])
     events = events.assign(item_idx=index.encode(events["item_id"]))
     if cfg.split == "loo":
@@ -72,7 +77,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     train_rows = np.concatenate(split.train) if split.train else np.zeros(0, np.int64)
     popularity = np.bincount(events["item_idx"].to_numpy()[train_rows], minlength=len(index) + 1)
     popularity[0] = 0
-    return Prepared(events, items, drops, index, split, EventColumns(events), popularity)
+    return Prepared(events, items, drops, index, split, EventColumns(events), popularity, cold)
 
 
 def build_model(cfg: TrainConfig, prep: Prepared) -> SequenceModel:
@@ -88,7 +93,14 @@ def build_model(cfg: TrainConfig, prep: Prepared) -> SequenceModel:
         vectors = svd_item_vectors(seqs, mc.num_items, mc.embedding_dim, seed=cfg.seed)
     elif cfg.pretrained != "none":
         vectors = load_item_vectors(cfg.pretrained, prep.index, mc.embedding_dim)
-    return SequenceModel(mc, vectors)
+    content = None
+    if mc.use_content:
+        from .content import fit_content_spec, index_content
+        if prep.items is None:
+            raise ValueError(f"model.use_content: {cfg.data!r} has no item table with content")
+        fit_content_spec(mc, prep.items)
+        content = index_content(mc, prep.items, prep.index.ids)
+    return SequenceModel(mc, vectors, content)
 
 
 def _evaluate(model: SequenceModel, prep: Prepared, cases: Cases, cfg: TrainConfig, ci: bool) -> Dict[str, Any]:
@@ -128,6 +140,11 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
         checkpoint.unlink()
     hist = fit(model, data, cfg, sampler, validate, checkpoint)
     test = _evaluate(model, prep, prep.split.test, cfg, ci=True)
+    cold_start = None
+    if prep.cold_events is not None:
+        from .coldstart import evaluate_cold_start
+        cold_start = evaluate_cold_start(model, cfg.model, prep.index, prep.events, prep.cold_events,
+                                         prep.items, prep.popularity, cfg.exclude_seen, cfg.seed)
 
     summary = {
         "data": {"name": cfg.data, "events": len(prep.events), "users": int(prep.events["user_id"].nunique()),
@@ -141,6 +158,7 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
         "events_per_s": hist.events_seen / max(hist.train_seconds, 1e-9),
         "history": hist.epochs,
         "test": test,
+        "cold_start": cold_start,
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
     }
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
