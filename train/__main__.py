@@ -3,6 +3,7 @@
     python -m train --data synthetic --out artifacts/demo
     python -m train --data amazon-beauty --out artifacts/beauty --set epochs=40 model.embedding_dim=64
     python -m train --config my.json --out artifacts/x --version 2.0
+    torchrun --nproc_per_node 2 -m train --data synthetic --out artifacts/ddp   # DDP, one process per GPU/core
 
 Data: `synthetic` (embedded generator), a bundled dataset name under $SEQREC_DATA
 (ml-latest-small, amazon-beauty, otto-sample, diginetica-sample), or a .csv/.parquet event log.
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
     except (ValueError, TypeError) as e:
         ap.error(str(e))
     summary = run(cfg, args.out, resume=not args.fresh)
+    if not summary:  # a non-zero torchrun rank: rank 0 reports
+        return 0
     test = summary["test"]
     print(f"\nexported to {args.out}  ({summary['epochs']} epochs, {summary['train_seconds']:.0f} s, "
           f"{summary['events_per_s']:.0f} events/s)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 
 from model import SequenceModel
 
@@ -113,9 +115,20 @@ def _evaluate(model: SequenceModel, prep: Prepared, cases: Cases, cfg: TrainConf
     return {"model": summarize(m, ci=ci, seed=cfg.seed), "popularity": summarize(p, ci=ci, seed=cfg.seed)}
 
 
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def init_distributed() -> None:
+    """Under torchrun (WORLD_SIZE > 1) join the process group: NCCL on GPUs, gloo on CPUs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
 def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     """Train, evaluate on the test cases next to popularity, export. Returns the summary."""
     t_start = time.perf_counter()
+    init_distributed()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -136,16 +149,18 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
         return summarize(per)
 
     checkpoint = work / "checkpoint.pt"
-    if not resume and checkpoint.exists():
+    if not resume and checkpoint.exists() and _is_main():
         checkpoint.unlink()
     hist = fit(model, data, cfg, sampler, validate, checkpoint)
+    if not _is_main():  # under torchrun, rank 0 alone evaluates and exports
+        return {}
     test = _evaluate(model, prep, prep.split.test, cfg, ci=True)
+
     cold_start = None
     if prep.cold_events is not None:
         from .coldstart import evaluate_cold_start
         cold_start = evaluate_cold_start(model, cfg.model, prep.index, prep.events, prep.cold_events,
                                          prep.items, prep.popularity, cfg.exclude_seen, cfg.seed)
-
     summary = {
         "data": {"name": cfg.data, "events": len(prep.events), "users": int(prep.events["user_id"].nunique()),
                  "items": len(prep.index), "training_windows": len(data), "training_events": data.num_events,

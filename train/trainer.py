@@ -69,7 +69,8 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0 = time.perf_counter()
-        batches = _length_bucketed_batches(data.lengths, cfg.batch_size, gen)[rank::world]
+        batches = _length_bucketed_batches(data.lengths, cfg.batch_size, gen)
+        batches = batches[:len(batches) - len(batches) % world][rank::world]  # equal steps per rank
         total, seqs, events = 0.0, 0, 0
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0 or None,
                    leave=False, mininterval=2.0)
