@@ -101,8 +101,8 @@ class Catalogue:
         out = np.zeros(len(raw), dtype=np.int64)
         keep = [i for i, x in enumerate(raw) if x is not None]
         if keep:
-            target = [raw[i] for i in keep]
-            found = self.ids.get_indexer(pd.Index(target, dtype=self.ids.dtype if self.id_type == "int" else None))
+            target = np.array([raw[i] for i in keep], dtype=np.int64 if self.id_type == "int" else object)
+            found = self.ids.get_indexer(target)
             out[keep] = found.astype(np.int64) + 1
         return out
 

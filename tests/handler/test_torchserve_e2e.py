@@ -252,6 +252,16 @@ def test_token_is_required(server):
         assert r.status_code == 400 and r.json()["type"] == "InvalidKeyException"
 
 
+def test_management_describe_shows_export_metadata(server):
+    key = json.loads((server.dir / "key_file.json").read_text())["management"]["key"]
+    r = requests.get(f"http://127.0.0.1:{server.management}/models/seqrec/2.0?customized=true",
+                     headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    [desc] = r.json()
+    assert desc["modelVersion"] == "2.0" and desc["workers"][0]["status"] == "READY"
+    assert desc["customizedMetadata"]["model_version"] == "2.0"
+
+
 def test_metrics_endpoint_shows_handler_metrics(server):
     server.post(body={"history": []})
     server.post(data=BAD["k zero"])

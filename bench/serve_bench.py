@@ -1,0 +1,398 @@
+"""Serving benchmark: the handler called in process vs the same handler behind TorchServe (HTTP),
+on synthetic catalogues of 50,000 and 2,000,000 items, histories of 50 items, k = 10.
+
+    python bench/serve_bench.py                     # CPU, writes bench/results/serve.json
+    python bench/serve_bench.py --device cuda       # the same on a GPU (handler gets gpu_id 0)
+    python bench/serve_bench.py --sizes 50000 --configs 1,16,5 2,16,5   # compare server configs
+
+Per size it measures, in one run:
+  scoring    chunked exact top-k (handler/seqrec_scoring.py) vs plain torch.topk(q @ E.T), ms per
+             call for 1, 8 and 32 queries;
+  in_process SeqrecHandler.handle() called directly with batches of 1 and of batchSize requests,
+             at 1 thread and at all cores: latency per call and requests/s;
+  torchserve a real TorchServe (archive.sh + config.properties, loopback, token auth) at
+             concurrency 1, 8, 32: p50/p95/p99 latency and requests/s (keep-alive http.client
+             clients in threads, on the same cores as the server);
+  ratio      best TorchServe requests/s / best in-process requests/s.
+Exports and archives are cached under --work; the machine's load average is recorded because
+these 2 cores are shared.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "handler")]
+
+from seqrec_scoring import chunked_topk, plain_topk  # noqa: E402
+
+HISTORY, K = 50, 10
+
+
+def percentiles(xs_ms):
+    a = np.asarray(xs_ms)
+    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": int(a.size)}
+
+
+# ---- data
+def build_export(n: int, out: Path) -> Path:
+    """A scripted SequenceModel over n items (random unit vectors), 95% available."""
+    meta = out / "metadata.json"
+    if meta.exists() and json.loads(meta.read_text()).get("num_items") == n:
+        return out
+    from model import ModelConfig, SequenceModel
+    from train.export import export_model
+    from train.item_index import ItemIndex
+
+    shutil.rmtree(out, ignore_errors=True)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    ids = np.arange(n, dtype=np.int64) * 7 + 100_000
+    index = ItemIndex.from_items(pd.Series(ids))
+    items = pd.DataFrame({"item_id": index.ids.to_numpy(), "available": rng.random(n) < 0.95})
+    popularity = rng.zipf(1.5, n).clip(max=10 ** 6)
+    model = SequenceModel(ModelConfig(num_items=n, total_length=HISTORY))
+    export_model(model, index, popularity, out, items=items, metadata={"model_version": f"bench{n}"})
+    return out
+
+
+def request_bodies(export: Path, count=256, seed=0):
+    items = pd.read_parquet(export / "items.parquet", columns=["item_id", "available"])
+    avail = items.loc[items["available"], "item_id"].to_numpy()
+    rng = random.Random(seed)
+    return [{"history": [int(x) for x in rng.sample(list(avail[:200_000]), HISTORY)], "k": K} for _ in range(count)]
+
+
+# ---- scoring: chunked vs plain, same matrix, same queries
+def bench_scoring(matrix: torch.Tensor, device, reps: int):
+    out = {}
+    g = torch.Generator().manual_seed(1)
+    for b in (1, 8, 32):
+        q = torch.nn.functional.normalize(torch.randn(b, matrix.size(1), generator=g), dim=-1).to(device)
+        banned = [torch.randint(0, matrix.size(0), (HISTORY,), generator=g).to(device) for _ in range(b)]
+        row = {}
+        for name, fn in (("chunked", lambda: chunked_topk(q, matrix, K, banned)),
+                         ("plain", lambda: plain_topk(q, matrix, K, banned))):
+            times = []
+            for i in range(reps + 1):
+                _sync(device)
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                if i:  # first call warms caches and allocator
+                    times.append((time.perf_counter() - t0) * 1e3)
+            row[f"{name}_ms"] = {"median": float(np.median(times)), "min": float(np.min(times))}
+        row["chunked_speedup"] = row["plain_ms"]["median"] / row["chunked_ms"]["median"]
+        out[f"B={b}"] = row
+    return out
+
+
+def _sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ---- in process: the handler exactly as TorchServe calls it
+def bench_in_process(export: Path, bodies, device: str, batch_sizes, thread_counts, seconds: float):
+    from seqrec_handler import SeqrecHandler
+    from ts.context import Context, RequestProcessor
+
+    gpu_id = (int(device.split(":")[1]) if ":" in device else 0) if device.startswith("cuda") else None
+    # metrics=None: measure the handler, not its metric log lines
+    ctx = Context("seqrec", str(export), {"model": {"modelName": "seqrec"}}, max(batch_sizes), gpu_id, "0.12.0")
+
+    def run_batch(h, ctx, batch):
+        ctx.request_processor = [RequestProcessor({}) for _ in batch]
+        return h.handle([{"body": b} for b in batch], ctx)
+
+    h = SeqrecHandler()
+    t0 = time.perf_counter()
+    h.initialize(ctx)
+    load_s = time.perf_counter() - t0
+    results = {}
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        for b in batch_sizes:
+            lat, done, i = [], 0, 0
+            run_batch(h, ctx, bodies[:b])  # warm
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds or len(lat) < 5:
+                batch = [bodies[(i + j) % len(bodies)] for j in range(b)]
+                i += b
+                t = time.perf_counter()
+                run_batch(h, ctx, batch)
+                lat.append((time.perf_counter() - t) * 1e3)
+                done += b
+            wall = time.perf_counter() - start
+            results[f"threads={threads},batch={b}"] = {**percentiles(lat), "rps": done / wall}
+    return {"load_s": load_s, "runs": results, "best_rps": max(r["rps"] for r in results.values())}
+
+
+# ---- TorchServe over HTTP
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class TorchServe:
+    """Start/stop one TorchServe in its own directory (pid file, worker sockets, keys, logs)."""
+
+    def __init__(self, work: Path, store: Path):
+        self.dir, self.store = work, store
+        self.ports = free_ports(3)
+
+    def start(self, models, gpu: bool):
+        shutil.rmtree(self.dir, ignore_errors=True)
+        (self.dir / "tmp").mkdir(parents=True)
+        cfg = (ROOT / "config.properties").read_text()
+        inf, mgmt, met = self.ports
+        for key, value in {"inference_address": f"http://127.0.0.1:{inf}",
+                           "management_address": f"http://127.0.0.1:{mgmt}",
+                           "metrics_address": f"http://127.0.0.1:{met}",
+                           "model_store": str(self.store),
+                           "metrics_config": str(ROOT / "handler" / "metrics.yaml")}.items():
+            cfg = re.sub(rf"(?m)^{key}=.*$", f"{key}={value}", cfg)
+        if not gpu:
+            cfg += "\nnumber_of_gpu=0\n"
+        (self.dir / "config.properties").write_text(cfg)
+        env = dict(os.environ, TMPDIR=str(self.dir / "tmp"), TEMP=str(self.dir / "tmp"))
+        env.pop("SEQREC_THREADS", None)
+        self.log = open(self.dir / "torchserve.out", "wb")
+        exe = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
+        self.proc = subprocess.Popen([exe, "--start", "--ncs", "--foreground", "--ts-config", "config.properties",
+                                      "--models", *models], cwd=self.dir, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, body: str, timeout=600):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"torchserve exited; see {self.dir}/logs")
+            if (self.dir / "key_file.json").exists():
+                try:
+                    if self.post(body)[0] == 200:
+                        return
+                except OSError:
+                    pass
+            time.sleep(1)
+        raise RuntimeError(f"torchserve not ready after {timeout}s; see {self.dir}/logs")
+
+    @property
+    def key(self):
+        return json.loads((self.dir / "key_file.json").read_text())["inference"]["key"]
+
+    def post(self, body: str, conn=None):
+        own = conn is None
+        conn = conn or http.client.HTTPConnection("127.0.0.1", self.ports[0], timeout=300)
+        conn.request("POST", "/predictions/seqrec", body,
+                     {"Content-Type": "application/json", "Authorization": f"Bearer {self.key}"})
+        r = conn.getresponse()
+        data = r.read()
+        if own:
+            conn.close()
+        return r.status, data
+
+    def worker_rss_mb(self):
+        try:
+            import psutil
+            procs = psutil.Process(self.proc.pid).children(recursive=True)
+            return sum(p.memory_info().rss for p in procs if "model_service_worker" in " ".join(p.cmdline())) / 2 ** 20
+        except Exception:  # noqa: BLE001 -- informative only
+            return None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                os.kill(int((self.dir / "tmp" / ".model_server.pid").read_text()), signal.SIGTERM)
+            except (OSError, ValueError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        self.log.close()
+
+
+def load_test(ts: TorchServe, bodies, concurrency: int, total: int):
+    per = max(1, total // concurrency)
+    lat, errors = [], []
+    lock = threading.Lock()
+    barrier = threading.Barrier(concurrency)
+    key = ts.key
+
+    def client(c):
+        conn = http.client.HTTPConnection("127.0.0.1", ts.ports[0], timeout=300)
+        mine = []
+        barrier.wait()
+        for j in range(per):
+            body = bodies[(c * per + j) % len(bodies)]
+            t = time.perf_counter()
+            conn.request("POST", "/predictions/seqrec", body,
+                         {"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+            r = conn.getresponse()
+            r.read()
+            mine.append((time.perf_counter() - t) * 1e3)
+            if r.status != 200:
+                with lock:
+                    errors.append(r.status)
+        conn.close()
+        with lock:
+            lat.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {**percentiles(lat), "rps": len(lat) / wall, "errors": len(errors)}
+
+
+def bench_http(export: Path, bodies, work: Path, cfg: dict, concurrencies, totals, gpu: bool):
+    store = work / "model_store"
+    work.mkdir(parents=True, exist_ok=True)
+    yaml_path = work / f"model-w{cfg['workers']}-b{cfg['batchSize']}-d{cfg['maxBatchDelay']}.yaml"
+    yaml_path.write_text(f"minWorkers: {cfg['workers']}\nmaxWorkers: {cfg['workers']}\nbatchSize: {cfg['batchSize']}\n"
+                         f"maxBatchDelay: {cfg['maxBatchDelay']}\nresponseTimeout: 120\n")
+    t0 = time.perf_counter()
+    subprocess.run([str(ROOT / "archive.sh"), str(export), "--out", str(store), "--config", str(yaml_path)],
+                   check=True, capture_output=True, env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
+    archive_s = time.perf_counter() - t0
+    ts = TorchServe(work / "server", store)
+    json_bodies = [json.dumps(b) for b in bodies]
+    t0 = time.perf_counter()
+    ts.start(["seqrec=seqrec.mar"], gpu)
+    try:
+        ts.wait_ready(json_bodies[0])
+        startup_s = time.perf_counter() - t0
+        for b in json_bodies[:8]:
+            ts.post(b)
+        out = {"archive_s": archive_s, "startup_s": startup_s, "worker_rss_mb": ts.worker_rss_mb(), "levels": {}}
+        for c, total in zip(concurrencies, totals):
+            out["levels"][f"c={c}"] = load_test(ts, json_bodies, c, total)
+        out["best_rps"] = max(v["rps"] for v in out["levels"].values())
+        return out
+    finally:
+        ts.stop()
+
+
+def shipped_config():
+    y = {}
+    for line in (ROOT / "handler" / "model-config.yaml").read_text().splitlines():
+        if ":" in line and not line.lstrip().startswith("#"):
+            k, v = line.split(":", 1)
+            y[k.strip()] = int(v.strip())
+    return {"workers": y["minWorkers"], "batchSize": y["batchSize"], "maxBatchDelay": y["maxBatchDelay"]}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[50_000, 2_000_000])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--configs", nargs="*", default=None, metavar="WORKERS,BATCH,DELAY_MS",
+                    help="TorchServe settings to measure (default: handler/model-config.yaml)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="per in-process measurement")
+    ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/seqrec_serve_bench"))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
+    args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("--device cuda but torch.cuda.is_available() is False")
+    device = torch.device(args.device)
+    configs = [dict(zip(("workers", "batchSize", "maxBatchDelay"), map(int, c.split(","))))
+               for c in args.configs] if args.configs else [shipped_config()]
+    cores = len(os.sched_getaffinity(0))
+    result = {
+        "benchmark": "serve",
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+        "handler_dirty": bool(subprocess.run(["git", "status", "--porcelain", "handler", "config.properties", "archive.sh"],
+                                             cwd=ROOT, capture_output=True, text=True).stdout.strip()),
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": {"cpus": cores, "cpu": _cpu_name(), "python": platform.python_version(),
+                    "torch": torch.__version__, "device": str(device),
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                    "loadavg_start": os.getloadavg()},
+        "setup": {"history": HISTORY, "k": K, "item_vectors": "random unit vectors, D=64, 95% available",
+                  "in_process": "SeqrecHandler.handle() with ts.context.Context, metrics off",
+                  "http": "TorchServe 0.12 loopback, token auth, http.client keep-alive clients in threads on the same cores",
+                  "ratio": "best TorchServe requests/s over concurrency levels / best in-process requests/s"},
+        "sizes": {},
+    }
+    for n in args.sizes:
+        t0 = time.perf_counter()
+        export = build_export(n, args.work / f"export_{n}")
+        bodies = request_bodies(export)
+        size = {"export_build_s": time.perf_counter() - t0}
+        print(f"[{n}] export ready", flush=True)
+        matrix = torch.from_numpy(np.load(export / "item_vectors.npy"))[1:].to(device)
+        threads = max(1, cores // configs[0]["workers"])  # what one TorchServe worker gets
+        torch.set_num_threads(threads)
+        size["scoring"] = {"threads": threads, **bench_scoring(matrix, device, reps=5 if n > 100_000 else 20)}
+        del matrix
+        print(f"[{n}] scoring {json.dumps(size['scoring'])}", flush=True)
+        batch_sizes = sorted({1, *[c["batchSize"] for c in configs]})
+        size["in_process"] = bench_in_process(export, bodies, args.device, batch_sizes,
+                                              sorted({1, cores}), args.seconds)
+        print(f"[{n}] in-process {json.dumps(size['in_process'])}", flush=True)
+        if not args.skip_http:
+            totals = [c * (8 if n > 100_000 else 24) for c in args.concurrency]
+            totals = [max(t, 40) for t in totals]
+            size["torchserve"] = {}
+            for cfg in configs:
+                name = f"workers={cfg['workers']},batchSize={cfg['batchSize']},maxBatchDelay={cfg['maxBatchDelay']}"
+                r = bench_http(export, bodies, args.work / f"http_{n}", cfg, args.concurrency, totals,
+                               device.type == "cuda")
+                r["ratio_to_in_process"] = r["best_rps"] / size["in_process"]["best_rps"]
+                size["torchserve"][name] = r
+                print(f"[{n}] torchserve {name} {json.dumps(r)}", flush=True)
+        result["sizes"][str(n)] = size
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+def _cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
