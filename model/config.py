@@ -32,6 +32,8 @@ class ModelConfig:
     event_types: List[str] = field(default_factory=list)  # vocabulary; id = position + 2
     sources: List[str] = field(default_factory=list)
     feature_dim: int = 16              # size of each per-event feature embedding
+    feature_dropout: float = 0.05      # training: P(an event feature is replaced by "unknown"), so
+                                       # a field missing at serving maps to a trained default
     # Stage 4: item content. item vector = normalize(id embedding + ContentEncoder(content)); items
     # without an id row (added by a catalogue update) get normalize(content) alone.
     use_content: bool = False

@@ -6,17 +6,20 @@ import torch
 
 
 def time_bucket(seconds: float, num_buckets: int) -> int:
-    """Log2-scaled bucket of a duration: 1 = under a minute (or negative/unknown order),
-    then one bucket per doubling of minutes, capped at num_buckets - 1. 0 is reserved for padding."""
-    if seconds != seconds or seconds < 60.0:  # NaN or under a minute
+    """Log2-scaled bucket of a duration. 0 is padding, 1 "unknown" (a NaN timestamp, or a negative
+    duration: events out of order), 2 under a minute, then one bucket per doubling of minutes,
+    capped at num_buckets - 1."""
+    if math.isnan(seconds) or seconds < 0.0:  # math.isnan: TorchScript folds `x != x` to False
         return 1
-    b = 2 + int(math.floor(math.log(seconds / 60.0) / math.log(2.0)))
+    if seconds < 60.0:
+        return 2
+    b = 3 + int(math.floor(math.log(seconds / 60.0) / math.log(2.0)))
     return min(b, num_buckets - 1)
 
 
 def encode_time_features(timestamps: List[float], now: float, num_buckets: int,
                          until_next: bool = False) -> List[List[int]]:
-    """For each event: [age bucket, gap bucket (t - previous t; the first event gets 1)].
+    """For each event: [age bucket, gap bucket (t - previous t; the first event: 1, unknown)].
 
     Age is `now - t` (until_next=False), or with until_next=True the time until the *next* event,
     `t[i+1] - t[i]`, and `now - t` for the last event. Either way the last event's age is the time

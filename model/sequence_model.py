@@ -48,6 +48,7 @@ class SequenceModel(nn.Module):
         self.use_content = config.use_content
         self.num_id_items = config.num_items  # rows 1..num_items of the id table are trained items
         self.id_dropout = float(config.id_dropout)
+        self.feature_dropout = float(config.feature_dropout)
         self.dim = config.embedding_dim
         # Vocabularies live in the scripted module so serving maps strings exactly as training did.
         self.event_type_ids: Dict[str, int] = {v: i + 2 for i, v in enumerate(config.event_types)}
@@ -96,6 +97,9 @@ class SequenceModel(nn.Module):
         for emb, on in ((self.age_embedding, config.use_time), (self.gap_embedding, config.use_time),
                         (self.type_embedding, config.use_event_type), (self.source_embedding, config.use_source)):
             emb.weight.requires_grad_(on)  # unused placeholders must not count as trainable (DDP checks)
+            with torch.no_grad():  # norm ~1 like the unit item vector, not ~sqrt(fd): at N(0, 1)
+                emb.weight.normal_(0.0, fd ** -0.5)  # the features drown the item early in training
+                emb.weight[0].zero_()
         n_feat = 2 * int(config.use_time) + int(config.use_event_type) + int(config.use_source)
 
         self.input_dropout = nn.Dropout(config.dropout)
@@ -178,6 +182,9 @@ class SequenceModel(nn.Module):
             x = [self._item_vectors(items.reshape(-1), self.training).view(items.size(0), items.size(1), self.dim)]
         else:
             x = [self.item_embedding(items)]
+        if self.training and self.feature_dropout > 0:  # teach the "unknown" rows a meaning
+            unknown = (torch.rand(features.shape, device=features.device) < self.feature_dropout) & (features > 0)
+            features = torch.where(unknown, torch.ones_like(features), features)
         if self.use_time:
             x.append(self.age_embedding(features[:, :, 0]))
             x.append(self.gap_embedding(features[:, :, 1]))

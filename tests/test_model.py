@@ -68,3 +68,27 @@ def test_score_is_monotone_in_cosine():
     c = torch.linspace(-1, 1, 101)
     s = m.score(c)
     assert bool((s[1:] >= s[:-1]).all())
+
+
+def test_time_buckets_and_age_reference_scripted_like_eager():
+    import math
+    ts = [math.nan, 0.0, 30.0, 100.0, 5000.0]
+    for ref, ages in (("next", [1, 2, 3, 9, 7]), ("now", [1, 9, 9, 9, 7])):
+        m = make(use_time=True, age_reference=ref)
+        s = torch.jit.script(m)
+        rows = s.encode_events(ts, [""] * 5, [""] * 5, 6000.0)
+        assert rows == m.encode_events(ts, [""] * 5, [""] * 5, 6000.0)
+        # 1 unknown (NaN, or a negative duration), 2 under a minute, 3 = 1-2 minutes, ...
+        assert [r[0] for r in rows] == ages and [r[1] for r in rows] == [1, 1, 2, 3, 9]
+    with pytest.raises(ValueError, match="age_reference"):
+        ModelConfig(age_reference="then")
+
+
+def test_feature_dropout_only_in_training():
+    m = make(use_event_type=True, event_types=["view"], feature_dropout=0.5, dropout=0.0)
+    items, feats, lengths = m.pad([[1, 2, 3, 4, 5, 6]], [m.encode_events([0.0] * 6, ["view"] * 6, [""] * 6, 0.0)])
+    assert torch.equal(m(items, feats, lengths), m(items, feats, lengths))
+    m.train()
+    torch.manual_seed(0)
+    outs = {tuple(m.sequence_tastes(items, feats)[0, -1].tolist()) for _ in range(5)}
+    assert len(outs) > 1

@@ -107,12 +107,12 @@ def rebuild(export_dir, items: pd.DataFrame, out_dir, version: str, snapshot: bo
         if c not in table:
             table[c] = pd.Series([None] * len(table), dtype=object) if c != "available" else True
     rows = pos[pos >= 0]
+    before_unavailable = int((~table["available"].fillna(True).astype(bool)).sum())
     for c in extra:
         vals = _like(table[c], known[c]).tolist()
         col = table[c].astype(object)
         col.iloc[rows] = pd.Series(vals, dtype=object).to_numpy()
         table[c] = col.infer_objects()
-    before_unavailable = int((~table["available"]).sum())
     if snapshot:
         listed = np.zeros(len(table), dtype=bool)
         listed[rows] = True
