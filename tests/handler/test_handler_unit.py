@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TOTAL_LENGTH, load_handler, make_export, run_batch
+from handler_fixtures import TOTAL_LENGTH, load_handler, make_export, run_batch
 from seqrec_scoring import chunked_topk, plain_topk
 from ts.context import RequestProcessor
 

@@ -51,7 +51,7 @@ def _export(out: Path, version: str) -> Path:
         assert r.returncode == 0, f"training failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
         return out
     sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import make_export
+    from handler_fixtures import make_export
     return make_export(out, version=version)
 
 
