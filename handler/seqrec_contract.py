@@ -60,6 +60,8 @@ def parse_body(body: Any) -> dict:
             body = json.loads(body, parse_constant=_reject_constant)
         except ValueError as e:
             raise BadRequest(f"body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise BadRequest("body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest(f"body must be a JSON object, got {_json_type(body)}")
     return body

@@ -204,6 +204,7 @@ BAD = {
     "unknown event field": json.dumps({"history": [{"item_id": 1, "price": 3}]}),
     "too many ids": json.dumps({"history": list(range(10_001))}),
     "too many exclude": json.dumps({"history": [], "exclude": list(range(10_001))}),
+    "nested too deeply": "[" * 100_000 + "]" * 100_000,
 }
 
 
