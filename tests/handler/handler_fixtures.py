@@ -26,7 +26,7 @@ TOTAL_LENGTH = 20
 
 
 def make_export(out_dir: Path, num_items: int = NUM_ITEMS, str_ids: bool = False, version: str = "1.0",
-                seed: int = 0) -> Path:
+                seed: int = 0, **model_config) -> Path:
     """An untrained model with a real export layout: ids 1000, 1003, ... (str ids: "1000",
     "sku-1003", ...), every 7th item unavailable, popularity falling with the index."""
     from model import ModelConfig, SequenceModel
@@ -41,7 +41,7 @@ def make_export(out_dir: Path, num_items: int = NUM_ITEMS, str_ids: bool = False
     items = pd.DataFrame({"item_id": idx.ids.to_numpy(),
                           "available": [(j % 7) != 3 for j in range(num_items)]})
     popularity = np.arange(num_items, 0, -1) * 10
-    model = SequenceModel(ModelConfig(num_items=len(idx), total_length=TOTAL_LENGTH))
+    model = SequenceModel(ModelConfig(num_items=len(idx), total_length=TOTAL_LENGTH, **model_config))
     export_model(model, idx, popularity, out_dir, items=items, metadata={"model_version": version})
     return out_dir
 

@@ -256,6 +256,23 @@ def test_event_objects_are_accepted(loaded):
     assert s == 200 and len(r["items"]) == 4 and r["unknown_items"] == []
 
 
+def test_time_and_context_features_with_missing_fields(tmp_path):
+    d = make_export(tmp_path / "t", num_items=60, use_time=True, use_event_type=True, use_source=True,
+                    event_types=["view", "buy"], sources=["search"])
+    loaded = load_handler(d)
+    h, _ = loaded
+    avail = catalogue_ids(h)
+    full = [{"item_id": avail[i], "timestamp": 1_700_000_000 + 600 * i, "event_type": "view", "source": "search"}
+            for i in range(4)]
+    sparse = [{"item_id": avail[0]}, {"item_id": avail[1], "timestamp": 1_700_000_600}, avail[2],
+              {"item_id": avail[3], "event_type": "never-seen"}]
+    res = ask(loaded, {"history": full, "now": 1_700_003_000, "k": 5}, {"history": sparse, "k": 5},
+              {"history": [e["item_id"] for e in full], "k": 5})
+    assert [s for s, _ in res] == [200, 200, 200]
+    assert all(len(r["items"]) == 5 for _, r in res)
+    assert res[0][1]["items"] != res[2][1]["items"]  # the features reach the model
+
+
 # ---- isolation, metrics, describe
 def test_one_failing_request_gets_500_and_the_rest_of_the_batch_200(loaded, monkeypatch):
     h, _ = loaded
