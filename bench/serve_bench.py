@@ -26,10 +26,7 @@ import json
 import os
 import platform
 import random
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -43,6 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "handler")]
 
+from handler.local_server import LocalTorchServe, archive  # noqa: E402
 from seqrec_scoring import chunked_topk, plain_topk  # noqa: E402
 
 HISTORY, K = 50, 10
@@ -149,101 +147,16 @@ def bench_in_process(export: Path, bodies, device: str, batch_sizes, thread_coun
 
 
 # ---- TorchServe over HTTP
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+def worker_rss_mb(ts: LocalTorchServe):
+    try:
+        import psutil
+        procs = psutil.Process(ts.proc.pid).children(recursive=True)
+        return sum(p.memory_info().rss for p in procs if "model_service_worker" in " ".join(p.cmdline())) / 2 ** 20
+    except Exception:  # noqa: BLE001 -- informative only
+        return None
 
 
-class TorchServe:
-    """Start/stop one TorchServe in its own directory (pid file, worker sockets, keys, logs)."""
-
-    def __init__(self, work: Path, store: Path):
-        self.dir, self.store = work, store
-        self.ports = free_ports(3)
-
-    def start(self, models, gpu: bool):
-        shutil.rmtree(self.dir, ignore_errors=True)
-        (self.dir / "tmp").mkdir(parents=True)
-        cfg = (ROOT / "config.properties").read_text()
-        inf, mgmt, met = self.ports
-        for key, value in {"inference_address": f"http://127.0.0.1:{inf}",
-                           "management_address": f"http://127.0.0.1:{mgmt}",
-                           "metrics_address": f"http://127.0.0.1:{met}",
-                           "model_store": str(self.store),
-                           "metrics_config": str(ROOT / "handler" / "metrics.yaml")}.items():
-            cfg = re.sub(rf"(?m)^{key}=.*$", f"{key}={value}", cfg)
-        if not gpu:
-            cfg += "\nnumber_of_gpu=0\n"
-        (self.dir / "config.properties").write_text(cfg)
-        env = dict(os.environ, TMPDIR=str(self.dir / "tmp"), TEMP=str(self.dir / "tmp"))
-        env.pop("SEQREC_THREADS", None)
-        self.log = open(self.dir / "torchserve.out", "wb")
-        exe = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
-        self.proc = subprocess.Popen([exe, "--start", "--ncs", "--foreground", "--ts-config", "config.properties",
-                                      "--models", *models], cwd=self.dir, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, body: str, timeout=600):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"torchserve exited; see {self.dir}/logs")
-            if (self.dir / "key_file.json").exists():
-                try:
-                    if self.post(body)[0] == 200:
-                        return
-                except OSError:
-                    pass
-            time.sleep(1)
-        raise RuntimeError(f"torchserve not ready after {timeout}s; see {self.dir}/logs")
-
-    @property
-    def key(self):
-        return json.loads((self.dir / "key_file.json").read_text())["inference"]["key"]
-
-    def post(self, body: str, conn=None):
-        own = conn is None
-        conn = conn or http.client.HTTPConnection("127.0.0.1", self.ports[0], timeout=300)
-        conn.request("POST", "/predictions/seqrec", body,
-                     {"Content-Type": "application/json", "Authorization": f"Bearer {self.key}"})
-        r = conn.getresponse()
-        data = r.read()
-        if own:
-            conn.close()
-        return r.status, data
-
-    def worker_rss_mb(self):
-        try:
-            import psutil
-            procs = psutil.Process(self.proc.pid).children(recursive=True)
-            return sum(p.memory_info().rss for p in procs if "model_service_worker" in " ".join(p.cmdline())) / 2 ** 20
-        except Exception:  # noqa: BLE001 -- informative only
-            return None
-
-    def stop(self):
-        if self.proc.poll() is None:
-            try:
-                os.kill(int((self.dir / "tmp" / ".model_server.pid").read_text()), signal.SIGTERM)
-            except (OSError, ValueError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
-        self.log.close()
-
-
-def load_test(ts: TorchServe, bodies, concurrency: int, total: int):
+def load_test(ts: LocalTorchServe, bodies, concurrency: int, total: int):
     per = max(1, total // concurrency)
     lat, errors = [], []
     lock = threading.Lock()
@@ -251,7 +164,7 @@ def load_test(ts: TorchServe, bodies, concurrency: int, total: int):
     key = ts.key
 
     def client(c):
-        conn = http.client.HTTPConnection("127.0.0.1", ts.ports[0], timeout=300)
+        conn = http.client.HTTPConnection("127.0.0.1", ts.inference_port, timeout=300)
         mine = []
         barrier.wait()
         for j in range(per):
@@ -286,25 +199,24 @@ def bench_http(export: Path, bodies, work: Path, cfg: dict, concurrencies, total
     yaml_path.write_text(f"minWorkers: {cfg['workers']}\nmaxWorkers: {cfg['workers']}\nbatchSize: {cfg['batchSize']}\n"
                          f"maxBatchDelay: {cfg['maxBatchDelay']}\nresponseTimeout: 120\n")
     t0 = time.perf_counter()
-    subprocess.run([str(ROOT / "archive.sh"), str(export), "--out", str(store), "--config", str(yaml_path)],
-                   check=True, capture_output=True, env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
+    archive(export, store, yaml_path)
     archive_s = time.perf_counter() - t0
-    ts = TorchServe(work / "server", store)
+    settings = {} if gpu else {"number_of_gpu": "0"}
+    # SEQREC_THREADS would override the handler's own cores // workers choice being measured.
+    ts = LocalTorchServe(store, ["seqrec=seqrec.mar"], workdir=work / "server", settings=settings,
+                         env={"SEQREC_THREADS": None})
     json_bodies = [json.dumps(b) for b in bodies]
     t0 = time.perf_counter()
-    ts.start(["seqrec=seqrec.mar"], gpu)
-    try:
-        ts.wait_ready(json_bodies[0])
+    with ts:
+        ts.wait_ready(["/predictions/seqrec"], timeout=600, body=bodies[0])
         startup_s = time.perf_counter() - t0
-        for b in json_bodies[:8]:
-            ts.post(b)
-        out = {"archive_s": archive_s, "startup_s": startup_s, "worker_rss_mb": ts.worker_rss_mb(), "levels": {}}
+        for b in bodies[:8]:
+            ts.post(body=b)
+        out = {"archive_s": archive_s, "startup_s": startup_s, "worker_rss_mb": worker_rss_mb(ts), "levels": {}}
         for c, total in zip(concurrencies, totals):
             out["levels"][f"c={c}"] = load_test(ts, json_bodies, c, total)
         out["best_rps"] = max(v["rps"] for v in out["levels"].values())
         return out
-    finally:
-        ts.stop()
 
 
 def shipped_config():

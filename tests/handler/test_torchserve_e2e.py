@@ -2,169 +2,32 @@
 
     .venv/bin/python -m pytest -q tests/handler/test_torchserve_e2e.py
 
-One server for the module, on free loopback ports, in a scratch directory (its key_file.json and
-logs/ land there). TMPDIR/TEMP point into that directory too: TorchServe keeps its pid file in the
-temp dir and its worker sockets at <java.io.tmpdir>/.ts.sock.9000, so two servers sharing /tmp
-refuse to start or steal each other's workers. The fixture stops exactly the server it started.
+One server for the module (handler/local_server.py: free loopback ports, its own directory for
+key_file.json, logs/ and TMPDIR/TEMP), with two versions of a tiny trained model; the fixture
+stops exactly the server it started, even when a test fails.
 """
 import json
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
+import pandas as pd
 import pytest
 import requests
+from torchserve_fixtures import requires_java, two_version_server
 
-ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(
-    shutil.which("java") is None,
-    reason="java not on PATH: TorchServe's frontend needs Java 17 (`make test` installs openjdk-17-jre-headless)")
+pytestmark = requires_java
 
 # Small on purpose: 2 cores shared with the rest of the suite. maxBatchDelay is long enough that
 # concurrent requests really meet in one batch.
 MODEL_YAML = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 50\nresponseTimeout: 60\n"
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _export(out: Path, version: str) -> Path:
-    """The training CLI, tiny and one epoch: the handler only needs a real export."""
-    if (ROOT / "train" / "__main__.py").exists():
-        cmd = [sys.executable, "-m", "train", "--data", "synthetic", "--out", str(out), "--epochs", "1",
-               "--version", version, "--set", "synthetic_users=500", "synthetic_items=400"]
-        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, f"training failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
-        return out
-    sys.path.insert(0, str(Path(__file__).parent))
-    from handler_fixtures import make_export
-    return make_export(out, version=version)
-
-
-class Server:
-    def __init__(self, workdir: Path, ports):
-        self.dir, (self.inference, self.management, self.metrics) = workdir, ports
-        self.base = f"http://127.0.0.1:{self.inference}"
-        self.proc = None
-
-    def start(self, models):
-        tmp = self.dir / "tmp"
-        tmp.mkdir()
-        cfg = (ROOT / "config.properties").read_text()
-        for key, value in {"inference_address": f"http://127.0.0.1:{self.inference}",
-                           "management_address": f"http://127.0.0.1:{self.management}",
-                           "metrics_address": f"http://127.0.0.1:{self.metrics}",
-                           "model_store": str(self.dir / "model_store"),
-                           "metrics_config": str(ROOT / "handler" / "metrics.yaml")}.items():
-            cfg, n = re.subn(rf"(?m)^{key}=.*$", f"{key}={value}", cfg)
-            assert n == 1, f"config.properties has no single {key}="
-        (self.dir / "config.properties").write_text(cfg)
-        env = dict(os.environ, TMPDIR=str(tmp), TEMP=str(tmp))
-        torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
-        self.log = open(self.dir / "torchserve.out", "wb")
-        self.proc = subprocess.Popen(
-            [torchserve, "--start", "--ncs", "--foreground", "--ts-config", "config.properties",
-             "--models", *models], cwd=self.dir, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-
-    @property
-    def key(self):
-        return json.loads((self.dir / "key_file.json").read_text())["inference"]["key"]
-
-    def post(self, path="/predictions/seqrec", body=None, data=None, token=True, **kw):
-        headers = {"Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {self.key if token is True else token}"
-        payload = json.dumps(body) if data is None else data
-        return requests.post(self.base + path, data=payload, headers=headers, timeout=60, **kw)
-
-    def wait_ready(self, paths, timeout=180):
-        """Ready = a real prediction answers 200 on every path (/ping says Healthy too early)."""
-        deadline = time.monotonic() + timeout
-        pending = list(paths)
-        while pending:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"torchserve exited with {self.proc.returncode}:\n{self.logs()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"torchserve not ready after {timeout}s:\n{self.logs()}")
-            try:
-                if (self.dir / "key_file.json").exists() and \
-                        self.post(pending[0], {"history": [], "k": 1}).status_code == 200:
-                    pending.pop(0)
-                    continue
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.5)
-
-    def logs(self, n=6000):
-        parts = []
-        for f in [self.dir / "torchserve.out", *sorted((self.dir / "logs").glob("*.log"))]:
-            if f.exists():
-                parts.append(f"--- {f.name}\n{f.read_text(errors='replace')[-n:]}")
-        return "\n".join(parts)
-
-    def stop(self):
-        """SIGTERM the Java frontend this server started (its workers go with it), then make sure
-        nothing of our process group is left."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        pid_file = self.dir / "tmp" / ".model_server.pid"
-        try:
-            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
-        except (OSError, ValueError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # leftovers of the session we created
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    work = tmp_path_factory.mktemp("torchserve")
-    v1 = _export(work / "export_v1", "1.0")
-    v2 = work / "export_v2"  # same weights, another version label: enough to tell the arms apart
-    shutil.copytree(v1, v2, ignore=shutil.ignore_patterns("train"))
-    meta = json.loads((v2 / "metadata.json").read_text())
-    meta["model_version"] = "2.0"
-    (v2 / "metadata.json").write_text(json.dumps(meta))
-    (work / "model.yaml").write_text(MODEL_YAML)
-    for export in (v2, v1):  # v1 last: seqrec.mar -> seqrec_1.0.mar
-        r = subprocess.run([str(ROOT / "archive.sh"), str(export), "--out", str(work / "model_store"),
-                            "--config", str(work / "model.yaml")], capture_output=True, text=True, timeout=300,
-                           env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
-        assert r.returncode == 0, r.stderr
-    srv = Server(work, _free_ports(3))
-    try:
-        # The stable name (a symlink) for the default version, the versioned file beside it.
-        srv.start(["seqrec=seqrec.mar", "seqrec=seqrec_2.0.mar"])
-        srv.wait_ready(["/predictions/seqrec", "/predictions/seqrec/2.0"])
-        import pandas as pd
-        items = pd.read_parquet(v1 / "items.parquet")
+    with two_version_server(tmp_path_factory.mktemp("torchserve"), MODEL_YAML, users=500, items=400) as (srv, export):
+        items = pd.read_parquet(export / "items.parquet")
         srv.available = items.loc[items["available"], "item_id"].tolist()
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_valid_request(server):
@@ -254,9 +117,8 @@ def test_token_is_required(server):
 
 
 def test_management_describe_shows_export_metadata(server):
-    key = json.loads((server.dir / "key_file.json").read_text())["management"]["key"]
-    r = requests.get(f"http://127.0.0.1:{server.management}/models/seqrec/2.0?customized=true",
-                     headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    r = requests.get(f"{server.management_url}/models/seqrec/2.0?customized=true",
+                     headers={"Authorization": f"Bearer {server.management_key}"}, timeout=30)
     assert r.status_code == 200, r.text
     [desc] = r.json()
     assert desc["modelVersion"] == "2.0" and desc["workers"][0]["status"] == "READY"
@@ -267,7 +129,7 @@ def test_metrics_endpoint_shows_handler_metrics(server):
     server.post(body={"history": []})
     server.post(data=BAD["k zero"])
     server.post(body={"history": server.available[:2]})
-    text = requests.get(f"http://127.0.0.1:{server.metrics}/metrics", timeout=10).text
+    text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
     for outcome in ("ok", "bad_request", "empty_history"):
         assert re.search(rf'SeqrecRequests\{{Outcome="{outcome}",ModelName="seqrec".*\}} [1-9]', text), text
     assert "SeqrecScoringSeconds_count" in text and "SeqrecBatchSize_bucket" in text
@@ -275,7 +137,7 @@ def test_metrics_endpoint_shows_handler_metrics(server):
 
 
 def _batch_histogram(server):
-    text = requests.get(f"http://127.0.0.1:{server.metrics}/metrics", timeout=10).text
+    text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
     out = {"count": 0.0, "sum": 0.0, "le_1": 0.0}
     for line in text.splitlines():
         if not line.startswith("SeqrecBatchSize") or 'ModelName="seqrec"' not in line:

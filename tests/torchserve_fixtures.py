@@ -1,0 +1,49 @@
+"""Helpers for the suites that start a real TorchServe (tests/handler, tests/sdk, reliability):
+a tiny trained export and one server with two versions of it.
+
+A uniquely named module, not a conftest: importable from any test folder (tests/ is on sys.path
+through tests/conftest.py). The server itself is handler/local_server.py.
+"""
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Tuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from handler.local_server import LocalTorchServe, archive  # noqa: E402
+
+requires_java = pytest.mark.skipif(
+    shutil.which("java") is None,
+    reason="java not on PATH: TorchServe's frontend needs Java 17 (`make test` installs openjdk-17-jre-headless)")
+
+
+def tiny_export(out: Path, version: str = "1.0", users: int = 300, items: int = 200) -> Path:
+    """The training CLI on a small synthetic marketplace, one epoch: a real export, in seconds."""
+    cmd = [sys.executable, "-m", "train", "--data", "synthetic", "--out", str(out), "--epochs", "1",
+           "--version", version, "--set", f"synthetic_users={users}", f"synthetic_items={items}"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"training failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    return out
+
+
+@contextmanager
+def two_version_server(work: Path, model_yaml: str, users: int = 300,
+                       items: int = 200) -> Iterator[Tuple[LocalTorchServe, Path]]:
+    """(server, export): one tiny export archived as 1.0 (the default) and as 2.0 — same weights,
+    another version label, enough to tell arms apart — served side by side, ready on both."""
+    export = tiny_export(work / "export", "1.0", users, items)
+    (work / "model.yaml").write_text(model_yaml)
+    store = work / "model_store"
+    archive(export, store, work / "model.yaml", version="2.0")
+    archive(export, store, work / "model.yaml")  # last: the symlink seqrec.mar -> seqrec_1.0.mar
+    # The stable name (a symlink) for the default version, the versioned file beside it.
+    with LocalTorchServe(store, ["seqrec=seqrec.mar", "seqrec=seqrec_2.0.mar"], workdir=work / "server") as srv:
+        srv.wait_ready(["/predictions/seqrec", "/predictions/seqrec/2.0"])
+        yield srv, export
