@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt sdk/pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
 DEMO_DIR := artifacts/demo
+SERVE_DIR := artifacts/serve
 
-.PHONY: setup java test demo train-demo bench-quality bench-serve bench-sdk
+.PHONY: setup java test demo train-demo serve stop bench-quality bench-serve bench-sdk
 
 setup: $(STAMP) java
 
@@ -26,10 +27,26 @@ test: setup
 train-demo: setup
 	$(PY) -m train --data synthetic --out $(DEMO_DIR) --epochs 10 --version 1.0 --fresh
 
+# Archive, start TorchServe on free ports, recommendations for 3 users through the SDK, stop.
 demo: train-demo
+	$(PY) handler/demo.py $(DEMO_DIR)
+
+# The demo export, trained only when missing (make train-demo retrains).
+$(DEMO_DIR)/metadata.json:
+	$(MAKE) train-demo
+
+# TorchServe on config.properties' ports with the demo model, left running; `make stop` ends it.
+serve: setup $(DEMO_DIR)/metadata.json
+	$(PY) handler/serve.py $(DEMO_DIR) --workdir $(SERVE_DIR)
+
+stop:
+	$(PY) handler/serve.py --stop --workdir $(SERVE_DIR)
 
 bench-quality: setup
 	$(PY) bench/quality.py
+
+bench-serve: setup
+	$(PY) bench/serve_bench.py
 
 bench-sdk: setup
 	$(PY) bench/sdk_overhead.py

@@ -151,7 +151,8 @@ class LocalTorchServe:
         if self.proc is not None:
             raise RuntimeError("this LocalTorchServe was already started")
         if _running_launcher(self.dir) is not None:
-            raise RuntimeError(f"a TorchServe started from {self.dir} is still running")
+            raise RuntimeError(f"a TorchServe started from {self.dir} is still running: stop it first "
+                               "(make stop, or stop_server_in(workdir))")
         busy = [p for p in self.ports if not _port_free(p)]
         if busy:
             raise RuntimeError(f"port(s) {busy} already in use on 127.0.0.1: another server running?")
