@@ -3,9 +3,10 @@
     python bench/quality.py                       # every dataset in bench/configs/quality-*.json
     python bench/quality.py --only amazon-beauty
 
-Each dataset trains with its committed config (chosen on validation NDCG@10, never on test), the
-test metrics come from the exported best-validation model, and everything is written to
-bench/results/quality.json with the git commit it ran on.
+Each dataset trains with its committed config (chosen on validation NDCG@10, never on test).
+Early stopping on validation NDCG@10 picks the epoch count; with refit_on_validation a fresh model
+is then trained that long on train + validation events and exported. Test metrics of both models
+are written to bench/results/quality.json with the git commit it ran on.
 """
 from __future__ import annotations
 
@@ -62,6 +63,11 @@ def main() -> int:
             "model_ci95": {k: test["model"].get(f"{k}_ci95") for k in ("HR@10", "NDCG@10")},
             "popularity": {k: test["popularity"][k] for k in KEYS},
             "test_users": test["model"]["users"],
+            "refit_on_validation": cfg.refit_on_validation,
+            "early_stopped_model": ({k: s["early_stopped_before_refit"]["test"]["model"][k] for k in KEYS}
+                                    if s.get("early_stopped_before_refit") else None),
+            "early_stopped_popularity": ({k: s["early_stopped_before_refit"]["test"]["popularity"][k] for k in KEYS}
+                                         if s.get("early_stopped_before_refit") else None),
             "train_seconds": round(s["train_seconds"], 1),
             "wall_seconds": round(time.perf_counter() - t0, 1),
             "epochs": s["epochs"], "best_epoch": s["best_epoch"],

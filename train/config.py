@@ -28,6 +28,10 @@ class TrainConfig:
     max_eval_users: int = 0          # 0 = all validation users
     max_train_seconds: float = 0.0   # 0 = no limit; otherwise stop after the epoch that passes it
     exclude_seen: bool = True        # remove history items from the ranking
+    # loo only: after early stopping picks the epoch count on validation, train a fresh model for
+    # that many epochs on everything but the test events (validation events included) and export
+    # it; the early-stopped model's test metrics are reported too. Test events are never trained on.
+    refit_on_validation: bool = False
     seed: int = 0
     num_threads: int = 0             # 0 = torch default
     synthetic_users: int = 2000

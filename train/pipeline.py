@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -115,6 +116,26 @@ def _evaluate(model: SequenceModel, prep: Prepared, cases: Cases, cfg: TrainConf
     return {"model": summarize(m, ci=ci, seed=cfg.seed), "popularity": summarize(p, ci=ci, seed=cfg.seed)}
 
 
+def _refit(cfg: TrainConfig, prep: Prepared, epochs: int, work: Path, resume: bool):
+    """A fresh model trained for the validated epoch count on train + validation events (never
+    the test ones). Popularity is recounted on the same events, for the baseline and the export."""
+    if cfg.split != "loo":
+        raise ValueError("refit_on_validation needs split=loo")
+    rows = prep.split.train_with_valid
+    prep.popularity = np.bincount(prep.cols.items[np.concatenate(rows)], minlength=len(prep.index) + 1)
+    prep.popularity[0] = 0
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, prep)
+    data = SequentialDataset(model, prep.cols, rows)
+    sampler = CandidateSampler(len(prep.index), cfg.sample_size, torch.as_tensor(prep.popularity), cfg.negatives)
+    checkpoint = work / "refit_checkpoint.pt"
+    if not resume and checkpoint.exists():
+        checkpoint.unlink()
+    log.info("refitting on train + validation events for %d epochs", epochs)
+    hist = fit(model, data, dataclasses.replace(cfg, epochs=max(1, epochs)), sampler, None, checkpoint)
+    return model, hist
+
+
 def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
@@ -155,6 +176,12 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     if not _is_main():  # under torchrun, rank 0 alone evaluates and exports
         return {}
     test = _evaluate(model, prep, prep.split.test, cfg, ci=True)
+    early_stopped = None
+    if cfg.refit_on_validation:
+        early_stopped = {"test": test, "epochs": len(hist.epochs), "best_epoch": hist.best_epoch,
+                         "history": hist.epochs}
+        model, hist = _refit(cfg, prep, hist.best_epoch, work, resume)
+        test = _evaluate(model, prep, prep.split.test, cfg, ci=True)
 
     cold_start = None
     if prep.cold_events is not None:
@@ -173,6 +200,7 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
         "events_per_s": hist.events_seen / max(hist.train_seconds, 1e-9),
         "history": hist.epochs,
         "test": test,
+        "early_stopped_before_refit": early_stopped,
         "cold_start": cold_start,
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
     }

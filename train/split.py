@@ -40,6 +40,8 @@ class Split:
     valid: Cases
     test: Cases
     counts: Dict[str, int] = field(default_factory=dict)
+    # loo: per user, every event but the test target (train + validation), for refitting
+    train_with_valid: List[np.ndarray] = field(default_factory=list)
 
 
 def _user_groups(events: pd.DataFrame) -> List[np.ndarray]:
@@ -60,18 +62,20 @@ def _cases(rows: List[np.ndarray], targets: List[int], events: pd.DataFrame) -> 
 def leave_one_out(events: pd.DataFrame, min_events: int = 3) -> Split:
     """Events must be sorted by (user, timestamp, item id) and carry `item_idx`."""
     min_events = max(min_events, 3)
-    train, vh, vt, th, tt = [], [], [], [], []
+    train, vh, vt, th, tt, refit = [], [], [], [], [], []
     short = 0
     for rows in _user_groups(events):
         if len(rows) < min_events:
             short += 1
             train.append(rows)
+            refit.append(rows)
             continue
         train.append(rows[:-2])
+        refit.append(rows[:-1])
         vh.append(rows[:-2]); vt.append(rows[-2])
         th.append(rows[:-1]); tt.append(rows[-1])
     counts = {"users": len(train), "users_evaluated": len(tt), "users_too_short_train_only": short}
-    return Split(train, _cases(vh, vt, events), _cases(th, tt, events), counts)
+    return Split(train, _cases(vh, vt, events), _cases(th, tt, events), counts, refit)
 
 
 def temporal_split(events: pd.DataFrame, cut: float = 0.9, min_events: int = 1) -> Split:

@@ -44,9 +44,10 @@ def _rank_world():
 
 
 def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler: CandidateSampler,
-        validate: Callable[[SequenceModel], Dict[str, float]], checkpoint: Optional[Path] = None) -> History:
-    """Train in place; leaves the best-validated weights in `model`. Resumes from `checkpoint`
-    when it exists (same seed and data give the same result as an uninterrupted run)."""
+        validate: Optional[Callable[[SequenceModel], Dict[str, float]]], checkpoint: Optional[Path] = None) -> History:
+    """Train in place; leaves the best-validated weights in `model` (with validate=None: the
+    weights after the last epoch). Resumes from `checkpoint` when it exists (same seed and data
+    give the same result as an uninterrupted run)."""
     rank, world = _rank_world()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -91,7 +92,9 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
         row = {"epoch": epoch + 1, "loss": total / max(seqs, 1), "seconds": seconds,
                "sequences_per_s": seqs / seconds, "events_per_s": events / seconds}
         stop = False
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        if validate is None:
+            best_state, hist.best_epoch = copy.deepcopy(model.state_dict()), epoch + 1
+        elif (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             model.eval()
             metrics = validate(model) if rank == 0 else {}
             row.update({f"valid_{k}": v for k, v in metrics.items() if isinstance(v, float)})
