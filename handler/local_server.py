@@ -143,6 +143,11 @@ class LocalTorchServe:
     def management_key(self) -> str:
         return self._keys()["management"]["key"]
 
+    @property
+    def api_key(self) -> str:
+        """The key of the token API: `GET <management_url>/token?type=inference` rotates a key."""
+        return self._keys()["API"]["key"]
+
     def _keys(self) -> dict:
         return json.loads(self.key_file.read_text())
 
