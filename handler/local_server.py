@@ -93,7 +93,7 @@ class LocalTorchServe:
         models: `--models` entries, e.g. ["seqrec=seqrec.mar", "seqrec=seqrec_2.0.mar"]; the first
             one registered for a name is its default version.
         workdir: where the config, key_file.json, logs/ and tmp/ go; a fresh temporary folder if
-            None (removed again by a clean `stop()`).
+            None (removed by `stop()`; the errors of wait_ready() carry the logs).
         ports: (inference, management, metrics); free loopback ports if None.
         settings: config.properties entries to set or add, e.g. {"number_of_gpu": "0"}.
         env: environment changes for the server; a None value removes the variable.
