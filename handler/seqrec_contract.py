@@ -98,7 +98,8 @@ def parse_request(body: Any) -> Request:
 
 def normalise_ids(ids: List[Any], id_type: str) -> List[Any]:
     """Coerce validated ids to the index's type: for an int index "12" -> 12; for a str index
-    12 -> "12". An id that cannot be of that type (or an int outside int64) -> None (unknown)."""
+    12 -> "12". An id that cannot be of that type (or an int outside int64, or a string with a lone
+    surrogate such as "\ud800", which has no UTF-8 form and so cannot be in the index) -> None."""
     out: List[Any] = []
     if id_type == "int":
         for x in ids:
@@ -107,8 +108,17 @@ def normalise_ids(ids: List[Any], id_type: str) -> List[Any]:
             out.append(x if x is not None and _INT64_MIN <= x <= _INT64_MAX else None)
     else:
         for x in ids:
-            out.append(x if isinstance(x, str) else str(x))
+            x = x if isinstance(x, str) else str(x)
+            out.append(x if x.isascii() or _utf8_ok(x) else None)
     return out
+
+
+def _utf8_ok(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 # ---- helpers
@@ -170,6 +180,9 @@ def _opt_str(x: Any, where: str) -> str:
         return ""
     if not isinstance(x, str):
         raise BadRequest(f"{where} must be a string, got {_show(x)}")
+    if not (x.isascii() or _utf8_ok(x)):
+        # A lone surrogate ("\ud800", legal JSON) cannot cross into TorchScript: an unknown label.
+        return x.encode("utf-8", "replace").decode("utf-8")
     return x
 
 
