@@ -18,11 +18,14 @@ Canonical schema, one row per event, sorted by (user_id, timestamp, item_id) wit
 Bad rows are never dropped silently: each dropped row is counted once in a `DropReport`, under the
 first reason that applies, in this order: null user, null item, unparsable (or missing) timestamp,
 exact duplicate of an earlier (user_id, item_id, timestamp, event_type) event (the first is kept).
+A CSV line with more fields than the header is skipped and counted as extra["malformed_line"] (in
+such a file, so are lines with fewer fields; in others those become rows with missing values).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
@@ -118,18 +121,21 @@ def load_events(
     """
     if timestamp_unit not in _UNIT_SECONDS:
         raise ValueError(f"timestamp_unit must be one of {sorted(_UNIT_SECONDS)}, got {timestamp_unit!r}")
+    malformed: list = []  # CSV lines with more fields than the header, skipped
     if isinstance(path_or_df, pd.DataFrame):
         raw, origin = path_or_df, name or "DataFrame"
     else:
         # Ids are read as text so that "007" and ids in a column with gaps keep their exact spelling.
         as_text = {columns.user_id: str, columns.item_id: str}
         is_parquet = str(path_or_df).lower().endswith((".parquet", ".pq"))
-        raw = read_table(path_or_df) if is_parquet else read_table(path_or_df, dtype=as_text)
+        raw = read_table(path_or_df) if is_parquet else _read_csv(path_or_df, as_text, malformed)
         origin = name or str(path_or_df)
 
     mapping = _resolve_columns(raw, columns, origin)
     df = raw.rename(columns={src: dst for dst, src in mapping.items()})
-    report = DropReport(rows_read=len(df))
+    report = DropReport(rows_read=len(df) + len(malformed))
+    if malformed:
+        report.extra["malformed_line"] = len(malformed)
 
     user = _normalise_ids(df["user_id"])
     item = _normalise_ids(df["item_id"])
@@ -164,6 +170,26 @@ def load_events(
         log.warning("dropped %d of %d rows from %s: %s", report.total_dropped, report.rows_read, origin,
                     report.to_dict())
     return df, report
+
+
+def _read_csv(path, dtype, malformed: list) -> pd.DataFrame:
+    """The fast C parser for a well-formed file. A line with more fields than the header makes it
+    raise, or, when it is the first data line, silently shift every column (pandas takes the extra
+    field for an index; index_col=False turns that into a ParserWarning, raised here). Either way
+    the file is read again by pyarrow, which skips every line whose field count is not the
+    header's and appends it to `malformed`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return read_table(path, dtype=dtype, index_col=False)
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
+        log.warning("%s: %s; reading it again, skipping malformed lines", path, str(e).strip())
+
+    def skip(row):
+        malformed.append(row.text)
+        return "skip"
+
+    return read_table(path, dtype=dtype, engine="pyarrow", on_bad_lines=skip)
 
 
 def _resolve_columns(df: pd.DataFrame, columns: ColumnMap, origin: str) -> Dict[str, str]:
