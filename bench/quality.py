@@ -46,6 +46,7 @@ def main() -> int:
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
     results.setdefault("datasets", {})
+    commit = git_commit()  # the code as it was when the run started
     for path in configs:
         cfg = load_config(str(path), [])
         if args.only and cfg.data not in args.only:
@@ -57,7 +58,7 @@ def main() -> int:
         s = run(cfg, Path(args.artifacts) / cfg.data, resume=False)
         test = s["test"]
         results["datasets"][cfg.data] = {
-            "commit": git_commit(),
+            "commit": commit,
             "config_file": str(path.relative_to(ROOT)),
             "model": {k: test["model"][k] for k in KEYS},
             "model_ci95": {k: test["model"].get(f"{k}_ci95") for k in ("HR@10", "NDCG@10")},
