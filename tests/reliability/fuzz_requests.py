@@ -61,8 +61,9 @@ class Catalog:
 
     def __post_init__(self):
         self.index = {x: i + 1 for i, x in enumerate(self.ids)}
-        self.avail_ids = [x for x, a in zip(self.ids, self.available) if a]
-        self.unavail_ids = [x for x, a in zip(self.ids, self.available) if not a]
+        self.avail = {i + 1 for i, a in enumerate(self.available) if a}  # item indices
+        # available items, most popular first, ties by index: the contract's popular fallback
+        self.popular_order = sorted(self.avail, key=lambda i: (-self.popularity[i - 1], i))
 
     @classmethod
     def from_export(cls, export_dir) -> "Catalog":
@@ -146,14 +147,22 @@ def _check_ok(req: dict, body: dict, cat: Catalog) -> Optional[str]:
         return f"unknown_items {str(body['unknown_items'])[:200]} != {str(unknown)[:200]}"
     banned = {i for i in known_hist if i} if exclude_seen else set()
     banned |= {cat.known(x) for x in (req.get("exclude") or [])}
-    allowed = None if req.get("candidates") is None else {cat.known(x) for x in req["candidates"]}
-    qualifying = [i for i in range(1, len(cat.ids) + 1)
-                  if cat.available[i - 1] and i not in banned and (allowed is None or i in allowed)]
+    banned.discard(0)
+    allowed = None if req.get("candidates") is None else {cat.known(x) for x in req["candidates"]} - {0}
+    if allowed is None:
+        n_qualifying = len(cat.avail) - len(banned & cat.avail)
+    else:
+        allowed = (allowed & cat.avail) - banned
+        n_qualifying = len(allowed)
+
+    def qualifies(i):
+        return i in cat.avail and i not in banned and (allowed is None or i in allowed)
+
     items = body["items"]
     got = [cat.known(it["item_id"]) for it in items]
-    if len(items) != min(k, len(qualifying)):
-        return f"{len(items)} items, expected min(k={k}, {len(qualifying)} qualifying)"
-    if len(set(got)) != len(got) or not set(got) <= set(qualifying):
+    if len(items) != min(k, n_qualifying):
+        return f"{len(items)} items, expected min(k={k}, {n_qualifying} qualifying)"
+    if len(set(got)) != len(got) or not all(qualifies(i) for i in got):
         return f"items outside the qualifying set (unavailable, seen, excluded or not a candidate): {got[:20]}"
     if any(type(it["item_id"]) is not type(cat.ids[0]) for it in items):
         return "item ids not in the catalogue's type"
@@ -168,7 +177,13 @@ def _check_ok(req: dict, body: dict, cat: Catalog) -> Optional[str]:
     else:
         if body["fallback"] != "popular":
             return f"fallback {body['fallback']!r} for an empty or all-unknown history"
-        want = sorted(qualifying, key=lambda i: (-cat.popularity[i - 1], i))[:k]
+        order = cat.popular_order if allowed is None else sorted(allowed, key=lambda i: (-cat.popularity[i - 1], i))
+        want = []
+        for i in order:
+            if len(want) == k:
+                break
+            if qualifies(i):
+                want.append(i)
         if got != want:
             return f"popular fallback {got[:10]} != {want[:10]}"
     return None

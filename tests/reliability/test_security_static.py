@@ -124,3 +124,11 @@ def test_allowed_urls_admit_local_archives_only(shipped):
                 "file:///etc/passwd", "file:///srv/x.mar.sh", "s3://bucket/seqrec.mar",
                 "ftp://host/seqrec.mar", "file://host/x.tar.gz"):
         assert not allowed(url), url
+
+
+def test_response_limit_covers_the_largest_echo(shipped):
+    """An answer echoes the unknown history ids with \\uXXXX escapes: up to 3x the request's bytes
+    (plus 1000 items). Over max_response_size the frontend drops the worker (500 for the whole
+    batch, a restart), so the limit must cover it (found by test_fuzz_torchserve.py)."""
+    request = int(shipped.get("max_request_size", 6_553_500))
+    assert int(shipped.get("max_response_size", 6_553_500)) >= 3 * request + 100_000
