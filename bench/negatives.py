@@ -21,6 +21,7 @@ from bench.quality import git_commit  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.pipeline import run  # noqa: E402
 
+# Early-stopped models only (no refit): the comparison needs equal conditions, not the best number.
 VARIANTS = {"uniform": ["negatives=uniform"],
             "popularity+logQ": ["negatives=popularity", "logq=true"],
             "popularity, no logQ": ["negatives=popularity", "logq=false"]}
@@ -35,7 +36,7 @@ def main() -> int:
     commit = git_commit()
     rows = {}
     for name, overrides in VARIANTS.items():
-        cfg = load_config(str(ROOT / f"bench/configs/quality-{args.data}.json"), overrides)
+        cfg = load_config(str(ROOT / f"bench/configs/quality-{args.data}.json"), overrides + ["refit_on_validation=false"])
         s = run(cfg, ROOT / "artifacts/bench-negatives" / args.data / name.replace(" ", "_").replace(",", ""), resume=False)
         m = s["test"]["model"]
         rows[name] = {"HR@10": m["HR@10"], "HR@10_ci95": m["HR@10_ci95"], "NDCG@10": m["NDCG@10"],
