@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt sdk/pyproject.toml 2>/d
 DEMO_DIR := artifacts/demo
 SERVE_DIR := artifacts/serve
 
-.PHONY: setup java test demo train-demo serve stop bench-quality bench-serve bench-sdk
+.PHONY: setup java test demo train-demo serve stop bench-quality bench-negatives bench-serve bench-sdk bench-ablation bench-reliability
 
 setup: $(STAMP) java
 
@@ -44,6 +44,15 @@ stop:
 
 bench-quality: setup
 	$(PY) bench/quality.py
+
+bench-negatives: setup
+	$(PY) bench/negatives.py
+
+bench-ablation: setup
+	$(PY) bench/ablation.py
+
+bench-reliability: setup
+	$(PY) bench/reliability.py
 
 bench-serve: setup
 	$(PY) bench/serve_bench.py
