@@ -417,7 +417,8 @@ def _invalid_json(g: _Gen) -> FuzzCase:
                                                       b'{"history": ["\xed\xa0\x80"]}']), "not UTF-8")
     if what == 4:
         return _bad("invalid_json/garbage", bytes(r.randrange(32, 127) for _ in range(r.randrange(1, 200))),
-                    "not valid JSON", "must be a JSON object", "'history' is required", "unknown field")
+                    "not valid JSON", "must be a JSON object", "'history' is required", "unknown field",
+                    "empty")
     if what == 5:  # a number too long for Python's int parser (4300 digits)
         return _bad("invalid_json/huge_int", b'{"history": [' + b"7" * r.randrange(5000, 20000) + b"]}", "not valid JSON")
     return _bad("invalid_json/bom", b"\xef\xbb\xbf" + json.dumps(g.valid()).encode(), "not valid JSON")
