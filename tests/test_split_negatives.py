@@ -54,3 +54,11 @@ def test_popularity_sampling_has_logq():
     assert s.log_q[1] > s.log_q[2] > s.log_q[3]
     draws = torch.cat([s.sample(torch.tensor([1]), torch.Generator().manual_seed(i))[0] for i in range(200)])
     assert (draws == 1).sum() > (draws == 3).sum()
+
+
+def test_batch_with_more_targets_than_sample_size():
+    pop = torch.ones(11)
+    for mode in ("uniform", "popularity"):
+        s = CandidateSampler(10, 3, pop, mode=mode)
+        cands, pos = s.sample(torch.tensor([[1, 2, 3, 4, 5]]), torch.Generator().manual_seed(0))
+        assert cands.tolist() == [1, 2, 3, 4, 5] and pos.tolist() == [[0, 1, 2, 3, 4]]

@@ -32,7 +32,9 @@ class CandidateSampler:
         candidates, shaped like targets; padding targets map to position 0 and must be masked)."""
         batch_targets = torch.unique(targets[targets > 0])
         n_random = max(0, self.sample_size - batch_targets.numel())
-        if self.mode == "uniform":
+        if n_random == 0:  # the batch's own targets already fill the candidate set
+            rand = torch.zeros(0, dtype=torch.long)
+        elif self.mode == "uniform":
             rand = torch.randint(1, self.num_items + 1, (n_random,), generator=generator)
         else:
             rand = torch.multinomial(self.probs, n_random, replacement=True, generator=generator)
