@@ -1,0 +1,186 @@
+"""Stage ablation (FINN.no's stages): 1 fixed item vectors, 2 trained with sampled negatives, then
+2 + time, 2 + content, 2 + event context (type and source), and all of them, per dataset.
+
+    python bench/ablation.py                          # every bench/configs/ablation-*.json
+    python bench/ablation.py --only synthetic --stages 2 2+time
+
+Each config holds a `base` TrainConfig (chosen on validation, never on test), `stages` (name ->
+overrides, as for `python -m train --set`) and optionally `cold_start` (a stage trained once more
+with a fraction of the items held out, see train/coldstart.py). Every stage of a dataset is tested
+on the same users, so besides each stage's HR@10 / NDCG@10 with a 95% bootstrap interval over test
+users, the difference to stage 2 gets a paired bootstrap interval (same resampled users for both).
+Results: bench/results/ablation.json (with the git commit) and bench/results/ablation.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from train.config import TrainConfig  # noqa: E402
+from train.datasets import data_dir  # noqa: E402
+from train.evaluate import evaluate_ranking, model_scorer  # noqa: E402
+from train.pipeline import prepare, run  # noqa: E402
+from train.sequences import encode_cases  # noqa: E402
+
+log = logging.getLogger("ablation")
+METRICS = ("HR@10", "NDCG@10")
+REFERENCE = "2"  # differences are reported against this stage
+ORDER = ["ml-latest-small", "synthetic", "amazon-beauty"]  # chart and table order
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "model", "train", "bench"],
+                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def per_user_test(cfg: TrainConfig, export_dir: Path) -> Dict[str, np.ndarray]:
+    """Per test user metrics of the exported (scripted) model: what serving would rank."""
+    model = torch.jit.load(str(export_dir / "model.pt"))
+    prep = prepare(cfg)
+    items, feats, lengths = encode_cases(model, prep.cols, prep.split.test)
+    with torch.no_grad():
+        return evaluate_ranking(model_scorer(model), items, feats, lengths,
+                                torch.as_tensor(prep.split.test.targets), cfg.exclude_seen)
+
+
+def paired_diff(a: np.ndarray, b: np.ndarray, seed: int, n_boot: int = 1000) -> Dict[str, Any]:
+    """mean(a - b) with a 95% paired bootstrap interval over users."""
+    d = a - b
+    boots = d[np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    return {"mean": float(d.mean()), "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]}
+
+
+def run_dataset(spec: Dict[str, Any], name: str, stages: List[str], artifacts: Path) -> Dict[str, Any]:
+    base = TrainConfig.from_dict(spec["base"])
+    rows, per_user = {}, {}
+    for stage, overrides in spec["stages"].items():
+        if stages and stage not in stages:
+            continue
+        cfg = base.override(overrides)
+        out = artifacts / name / stage.replace("+", "_")
+        t0 = time.perf_counter()
+        s = run(cfg, out, resume=False)
+        per_user[stage] = per_user_test(TrainConfig.from_dict(s["config"]), out)
+        test = s["test"]
+        rows[stage] = {
+            "overrides": overrides,
+            "model": {k: test["model"][k] for k in METRICS},
+            "model_ci95": {k: test["model"][f"{k}_ci95"] for k in METRICS},
+            "popularity": {k: test["popularity"][k] for k in METRICS},
+            "scripted_export_matches": bool(all(abs(per_user[stage][k].mean() - test["model"][k]) < 1e-6 for k in METRICS)),
+            "test_users": test["model"]["users"],
+            "epochs": s["epochs"], "best_epoch": s["best_epoch"],
+            "best_valid_NDCG@10": max((e.get("valid_NDCG@10", -1.0) for e in s["history"]), default=None),
+            "train_seconds": round(s["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - t0, 1),
+        }
+        log.info("%s %s: HR@10 %.4f NDCG@10 %.4f (%d epochs, %.0f s)", name, stage, rows[stage]["model"]["HR@10"],
+                 rows[stage]["model"]["NDCG@10"], s["epochs"], s["train_seconds"])
+    if REFERENCE in per_user:
+        for stage in rows:
+            if stage != REFERENCE:
+                rows[stage]["vs_stage_2"] = {k: paired_diff(per_user[stage][k], per_user[REFERENCE][k], base.seed)
+                                             for k in METRICS}
+    result: Dict[str, Any] = {"config": spec["base"], "stages": rows}
+    cold = spec.get("cold_start")
+    if cold and (not stages or cold["stage"] in stages):
+        cfg = base.override(spec["stages"][cold["stage"]] + [f"cold_start_items={cold['fraction']}"])
+        t0 = time.perf_counter()
+        s = run(cfg, artifacts / name / "cold_start", resume=False)
+        result["cold_start"] = {"stage": cold["stage"], "fraction": cold["fraction"],
+                                "wall_seconds": round(time.perf_counter() - t0, 1), **s["cold_start"]}
+    return result
+
+
+def plot(results: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rows = results[name]["stages"]
+        stages = list(rows)
+        hr = [rows[s]["model"]["HR@10"] for s in stages]
+        lo = [h - rows[s]["model_ci95"]["HR@10"][0] for h, s in zip(hr, stages)]
+        hi = [rows[s]["model_ci95"]["HR@10"][1] - h for h, s in zip(hr, stages)]
+        colors = ["tab:gray" if s == "1" else "tab:blue" if s == REFERENCE else "tab:green" if s == "all"
+                  else "tab:orange" for s in stages]
+        ax.bar(range(len(stages)), hr, yerr=[lo, hi], capsize=4, color=colors)
+        for x, h in enumerate(hr):
+            ax.text(x, h / 2, f"{h:.3f}", ha="center", va="center", rotation=90, color="white", fontsize=8)
+        pop = rows[stages[0]]["popularity"]["HR@10"]
+        ax.axhline(pop, color="black", ls="--", lw=1, label=f"popularity {pop:.3f}")
+        ax.set_xticks(range(len(stages)))
+        ax.set_xticklabels(stages, rotation=30)
+        ax.set_title(f"{name} ({rows[stages[0]]['test_users']} test users)")
+        ax.set_ylabel("HR@10 (95% bootstrap CI)")
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle("seqrec stage ablation: hit rate @10 per configuration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default=str(ROOT / "bench/configs"), help="folder of ablation-*.json")
+    ap.add_argument("--only", nargs="*", help="dataset names to run")
+    ap.add_argument("--stages", nargs="*", help="stage names to run (default: all)")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/ablation.json"))
+    ap.add_argument("--artifacts", default=str(ROOT / "artifacts/ablation"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out_path = Path(args.out)
+    results = json.loads(out_path.read_text()) if out_path.exists() else {}
+    results.setdefault("datasets", {})
+    t_all = time.perf_counter()
+    paths = sorted(Path(args.configs).glob("ablation-*.json"),
+                   key=lambda p: (ORDER.index(p.stem[9:]) if p.stem[9:] in ORDER else len(ORDER), p.stem))
+    for path in paths:
+        spec = json.loads(path.read_text())
+        name = spec["base"]["data"]
+        if args.only and name not in args.only:
+            continue
+        if name != "synthetic" and not (data_dir() / name).is_dir():
+            log.warning("skipping %s: not found under %s (set SEQREC_DATA)", name, data_dir())
+            continue
+        r = run_dataset(spec, name, args.stages or [], Path(args.artifacts))
+        r["config_file"] = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+        r["commit"] = git_commit()
+        results["datasets"][name] = r
+        results["wall_seconds_last_run"] = round(time.perf_counter() - t_all, 1)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=2))
+        plot(results["datasets"], out_path.with_suffix(".png"))
+    print_table(results["datasets"])
+    return 0
+
+
+def print_table(datasets: Dict[str, Any]) -> None:
+    print(f"\n{'dataset':18}{'stage':11}{'HR@10 [95% CI]':>26}{'NDCG@10 [95% CI]':>26}{'dHR@10 vs 2 [95% CI]':>28}")
+    for name, r in datasets.items():
+        for stage, row in r["stages"].items():
+            m, ci = row["model"], row["model_ci95"]
+            d = row.get("vs_stage_2", {}).get("HR@10")
+            dtxt = f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f},{d['ci95'][1]:+.4f}]" if d else ""
+            print(f"{name:18}{stage:11}{m['HR@10']:8.4f} [{ci['HR@10'][0]:.4f},{ci['HR@10'][1]:.4f}]"
+                  f"{m['NDCG@10']:8.4f} [{ci['NDCG@10'][0]:.4f},{ci['NDCG@10'][1]:.4f}]{dtxt:>28}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
