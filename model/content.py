@@ -18,11 +18,6 @@ class ContentEncoder(nn.Module):
         self.text = nn.EmbeddingBag(hash_buckets + 1, dim, mode="mean", padding_idx=0)
         self.numeric = nn.Linear(max(1, 2 * num_numeric), dim)
         self.out = nn.Linear(dim, dim)
-        # Start small next to the unit id embedding: a large content vector at init makes every
-        # item of a category look alike, and the id part (max_norm 1) takes epochs to recover.
-        with torch.no_grad():
-            self.out.weight.mul_(0.1)
-            self.out.bias.zero_()
 
     def forward(self, categorical: Tensor, text: Tensor, numeric: Tensor) -> Tensor:
         """(M, K), (M, K), (M, 2F) -> (M, D) content vectors (not normalised)."""
