@@ -34,8 +34,8 @@ class ModelConfig:
     feature_dim: int = 16              # size of each per-event feature embedding
     feature_dropout: float = 0.05      # training: P(an event feature is replaced by "unknown"), so
                                        # a field missing at serving maps to a trained default
-    # Stage 4: item content. item vector = normalize(id embedding + ContentEncoder(content)); items
-    # without an id row (added by a catalogue update) get normalize(content) alone.
+    # Stage 4: item content. item vector = normalize(id embedding + a * ContentEncoder(content)), a
+    # learned from 0; items without an id row (added by a catalogue update) get normalize(content).
     use_content: bool = False
     content_categorical: List[str] = field(default_factory=list)  # item columns; empty: auto-detect
     content_numeric: List[str] = field(default_factory=list)      # (see train/content.py)
@@ -44,8 +44,11 @@ class ModelConfig:
     content_numeric_stats: List[List[float]] = field(default_factory=list)  # [mean, std] of log1p
     content_hash_buckets: int = 4096   # hashed words of text fields
     content_max_tokens: int = 16       # per item, for categorical tokens and for text words
-    id_dropout: float = 0.25           # training: P(an item's id embedding is dropped), so the
-                                       # content vector alone must be a usable item vector
+    content_loss_weight: float = 1.0   # training: weight of a second softmax that scores content-
+                                       # only candidate vectors (tastes detached), so a new item's
+                                       # vector from content alone is a usable one
+    id_dropout: float = 0.0            # training: P(an item's id embedding is dropped), the
+                                       # DropoutNet way to the same end (slows warm learning)
 
     def __post_init__(self):
         if self.age_reference not in ("now", "next"):

@@ -18,6 +18,11 @@ class ContentEncoder(nn.Module):
         self.text = nn.EmbeddingBag(hash_buckets + 1, dim, mode="mean", padding_idx=0)
         self.numeric = nn.Linear(max(1, 2 * num_numeric), dim)
         self.out = nn.Linear(dim, dim)
+        # Start small (the measured setting: warm items mix content in through a learned scale
+        # that starts at 0, and content-only vectors are normalised, so only the start is slower).
+        with torch.no_grad():
+            self.out.weight.mul_(0.1)
+            self.out.bias.zero_()
 
     def forward(self, categorical: Tensor, text: Tensor, numeric: Tensor) -> Tensor:
         """(M, K), (M, K), (M, 2F) -> (M, D) content vectors (not normalised)."""

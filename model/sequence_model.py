@@ -49,6 +49,7 @@ class SequenceModel(nn.Module):
         self.num_id_items = config.num_items  # rows 1..num_items of the id table are trained items
         self.id_dropout = float(config.id_dropout)
         self.feature_dropout = float(config.feature_dropout)
+        self.content_loss_weight = float(config.content_loss_weight) if config.use_content else 0.0
         self.dim = config.embedding_dim
         # Vocabularies live in the scripted module so serving maps strings exactly as training did.
         self.event_type_ids: Dict[str, int] = {v: i + 2 for i, v in enumerate(config.event_types)}
@@ -74,7 +75,10 @@ class SequenceModel(nn.Module):
         self.content_encoder = ContentEncoder(len(config.content_vocab) if c else 0,
                                               config.content_hash_buckets if c else 1,
                                               len(config.content_numeric) if c else 0, d)
-        for p in self.content_encoder.parameters():
+        # ReZero-style: trained items start as pure id vectors and mix content in as far as it
+        # helps them; items without an id row (new) are their content alone, whatever this is.
+        self.content_scale = nn.Parameter(torch.tensor(0.0))
+        for p in list(self.content_encoder.parameters()) + [self.content_scale]:
             p.requires_grad_(c)
         if c and item_content is None:
             raise ValueError("use_content needs item_content (see train.content.encode_content)")
@@ -168,12 +172,17 @@ class SequenceModel(nn.Module):
         if not self.use_content:
             return F.normalize(self.item_embedding(idx), dim=-1)
         known = idx <= self.num_id_items
-        v = self.item_embedding(torch.where(known, idx, torch.zeros_like(idx)))
         if drop_ids and self.id_dropout > 0:
-            keep = torch.rand(idx.size(0), device=idx.device) >= self.id_dropout
-            v = v * keep.unsqueeze(1).to(v.dtype)
-        v = v + self.content_encoder(self.item_categorical[idx], self.item_text[idx], self.item_numeric[idx])
+            known = known & (torch.rand(idx.size(0), device=idx.device) >= self.id_dropout)
+        ids = self.item_embedding(torch.where(known, idx, torch.zeros_like(idx)))
+        content = self.content_encoder(self.item_categorical[idx], self.item_text[idx], self.item_numeric[idx])
+        v = torch.where(known.unsqueeze(1), ids + self.content_scale * content, content)
         return F.normalize(v, dim=-1)
+
+    def content_item_vectors(self, idx: Tensor) -> Tensor:
+        """Unit vectors from content alone (M, D): what an item added after training gets."""
+        return F.normalize(self.content_encoder(self.item_categorical[idx], self.item_text[idx],
+                                                self.item_numeric[idx]), dim=-1)
 
     # ---- tensors in, tensors out
     def sequence_tastes(self, items: Tensor, features: Tensor) -> Tensor:

@@ -100,14 +100,17 @@ def test_content_model_scripts_with_the_same_scores_and_extends_without_retraini
 
 def test_id_dropout_only_in_training_and_content_needs_content():
     m = content_model(id_dropout=0.5)
+    with torch.no_grad():
+        m.content_scale.fill_(0.5)
     idx = torch.tensor([1, 2, 3, 4] * 50)
     assert torch.equal(m.item_vectors(idx), m.item_vectors(idx))  # eval: deterministic
     m.train()
     a = m.item_vectors(idx)
-    ids_only = torch.nn.functional.normalize(m.item_embedding(idx) + m.content_encoder(
-        m.item_categorical[idx], m.item_text[idx], m.item_numeric[idx]), dim=-1)
-    dropped = ~torch.isclose(a, ids_only, atol=1e-6).all(dim=1)
-    assert 0.3 < dropped.float().mean() < 0.7
+    content = m.content_encoder(m.item_categorical[idx], m.item_text[idx], m.item_numeric[idx])
+    full = torch.nn.functional.normalize(m.item_embedding(idx) + 0.5 * content, dim=-1)
+    dropped = torch.isclose(a, torch.nn.functional.normalize(content, dim=-1), atol=1e-6).all(dim=1)
+    kept = torch.isclose(a, full, atol=1e-6).all(dim=1)
+    assert bool((dropped | kept).all()) and 0.3 < dropped.float().mean() < 0.7
     with pytest.raises(ValueError, match="item_content"):
         SequenceModel(ModelConfig(num_items=4, use_content=True))
 
@@ -121,9 +124,9 @@ def test_disabled_content_is_not_trainable():
 def trained_synthetic():
     """A small content model trained on the synthetic marketplace (category + price)."""
     torch.manual_seed(0)
-    cfg = TrainConfig.from_dict(dict(data="synthetic", synthetic_users=800, synthetic_items=400, epochs=4,
-                                     batch_size=64, lr=0.005, sample_size=256, patience=10,
-                                     model={"embedding_dim": 16, "hidden_dim": 32, "total_length": 20,
+    cfg = TrainConfig.from_dict(dict(data="synthetic", synthetic_users=1000, synthetic_items=300, epochs=6,
+                                     batch_size=32, lr=0.005, sample_size=256, patience=10,
+                                     model={"embedding_dim": 32, "hidden_dim": 64, "total_length": 20,
                                             "use_content": True}))
     prep = prepare(cfg)
     model = build_model(cfg, prep)
@@ -133,7 +136,7 @@ def trained_synthetic():
     return cfg, prep, model.eval()
 
 
-def test_cold_start_item_lands_among_its_own_category(trained_synthetic):
+def test_cold_start_item_is_recommended_to_its_own_category(trained_synthetic):
     cfg, prep, model = trained_synthetic
     items = prep.items.set_index("item_id").reindex(prep.index.ids).reset_index()
     cats = sorted(items["category"].unique())
@@ -144,12 +147,15 @@ def test_cold_start_item_lands_among_its_own_category(trained_synthetic):
     model.set_item_content(torch.cat([model.item_categorical, c]), torch.cat([model.item_text, t]),
                            torch.cat([model.item_numeric, n]))
     with torch.no_grad():
-        m = model.item_matrix()
-    trained, fresh = m[1:len(items) + 1], m[len(items) + 1:]
-    sims = (fresh @ trained.T).numpy()                                   # (categories, trained items)
-    by_cat = np.stack([sims[:, items["category"].to_numpy() == c].mean(axis=1) for c in cats], axis=1)
-    own = np.diag(by_cat)
-    # Each new item is closer to the trained items of its own category than to any other category's,
-    # and clearly so: a random unit vector would have mean cosine ~0 with every category.
-    assert (by_cat.argmax(axis=1) == np.arange(len(cats))).mean() >= 0.9
-    assert own.mean() > 0.3 and own.mean() - by_cat[~np.eye(len(cats), dtype=bool)].mean() > 0.25
+        fresh = model.item_matrix()[len(items) + 1:]
+        # A user who just looked at the three most popular trained items of category c ...
+        hist = [(np.flatnonzero(items["category"].to_numpy() == cat)[np.argsort(
+            -prep.popularity[1:][items["category"].to_numpy() == cat])[:3]] + 1).tolist() for cat in cats]
+        taste = model(*model.pad(hist, [[] for _ in hist]))
+    scores = (taste @ fresh.T).numpy()                                  # (categories, new items)
+    # ... ranks the new listing of category c near the top of the 12 new listings: at random it
+    # would come first 1 time in 12, at rank 5.5 on average (0-based). (Fully trained on the default
+    # marketplace: first for 12 of 12 categories; this small run gets about half.)
+    rank = (scores > np.diag(scores)[:, None]).sum(axis=1)
+    assert (rank == 0).mean() >= 0.4 and rank.mean() < 3.0
+    assert np.allclose(np.linalg.norm(fresh.numpy(), axis=1), 1, atol=1e-5)

@@ -8,9 +8,11 @@ Cases: per user, the last event on a held-out item that has at least one earlier
 every earlier event (warm and held-out items alike), now = the event's time. Two rankings:
 - full catalogue (trained + held-out items): can the new item compete with trained ones?
 - held-out items only: does content pick the right new item among the new ones?
-Baselines on the same cases: popularity (training counts: held-out items have none, so under the
-tie rule it never finds them), random (uniform scores, seeded), and content popularity (a new
-item scores the mean training popularity of trained items sharing its categorical values).
+Baselines on the same cases: popularity (training counts: held-out items have none, so it never
+ranks them above a trained item), random (uniform scores, seeded), and content popularity (a new
+item scores the mean training popularity of trained items sharing its categorical values). The
+baselines break ties at random (the evaluator counts ties against the target, which would make a
+baseline that scores many items alike look worse than it is); the model's scores do not tie.
 """
 from __future__ import annotations
 
@@ -101,11 +103,19 @@ def evaluate_cold_start(model: SequenceModel, mc: ModelConfig, index: ItemIndex,
     rows = len(ext) + 1
     pop = np.zeros(rows); pop[:len(popularity)] = popularity
     gen = torch.Generator().manual_seed(seed)
-    rand = torch.rand(1, rows, generator=gen)
+    rand = torch.rand(1, rows, generator=gen, dtype=torch.float64)
+
+    def fixed(values: np.ndarray):
+        # Distinct values keep their order; equal ones are ordered by the random draw.
+        v = torch.as_tensor(values, dtype=torch.float64).view(1, -1)
+        gap = float(np.diff(np.unique(values)).min()) if len(np.unique(values)) > 1 else 1.0
+        v = v + rand * gap * 0.5
+        return lambda i, f, l: v.expand(i.size(0), -1)
+
     scorers = {
         "model": model_scorer(model),
-        "popularity": lambda i, f, l: torch.as_tensor(pop, dtype=torch.float32).view(1, -1).expand(i.size(0), -1),
-        "content_popularity": lambda i, f, l: torch.as_tensor(_content_popularity(model, pop), dtype=torch.float32).view(1, -1).expand(i.size(0), -1),
+        "popularity": fixed(pop),
+        "content_popularity": fixed(_content_popularity(model, pop)),
         "random": lambda i, f, l: rand.expand(i.size(0), -1),
     }
 

@@ -28,4 +28,11 @@ class SampledSoftmaxLoss(nn.Module):
         logits = (tastes @ cand.T) * self.model.temperature()                 # (M, C)
         if log_q is not None:
             logits = logits - log_q[candidates]
-        return F.cross_entropy(logits, positions[mask])
+        loss = F.cross_entropy(logits, positions[mask])
+        if self.model.content_loss_weight > 0:  # stage 4: content alone must rank like the item
+            cold = self.model.content_item_vectors(candidates)
+            cold_logits = (tastes.detach() @ cold.T) * self.model.temperature().detach()
+            if log_q is not None:
+                cold_logits = cold_logits - log_q[candidates]
+            loss = loss + self.model.content_loss_weight * F.cross_entropy(cold_logits, positions[mask])
+        return loss
