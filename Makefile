@@ -23,9 +23,10 @@ java:
 test: setup
 	$(PY) -m pytest -q tests
 
-# Train on the embedded synthetic marketplace and export to $(DEMO_DIR).
+# Train on the embedded synthetic marketplace, every seed stage on (train/configs/demo.json: the
+# ablation's synthetic settings), and export to $(DEMO_DIR).
 train-demo: setup
-	$(PY) -m train --data synthetic --out $(DEMO_DIR) --epochs 10 --version 1.0 --fresh
+	$(PY) -m train --config train/configs/demo.json --out $(DEMO_DIR) --version 1.0 --fresh
 
 # Archive, start TorchServe on free ports, recommendations for 3 users through the SDK, stop.
 demo: train-demo

@@ -18,7 +18,7 @@ MAX_IDS = 10_000  # per list: history, exclude, candidates
 MAX_K = 1000
 DEFAULT_K = 10
 FIELDS = ("history", "k", "exclude_seen", "exclude", "candidates", "user_id", "now")
-EVENT_FIELDS = ("item_id", "timestamp", "event_type", "source")
+EVENT_FIELDS = ("item_id", "timestamp", "event_type", "source", "strength")
 _INT_RE = re.compile(r"-?[0-9]{1,19}")
 _INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
@@ -33,6 +33,7 @@ class Request:
     timestamps: List[float]       # per event; NaN when not given
     event_types: List[str]        # per event; "" when not given
     sources: List[str]            # per event; "" when not given
+    strengths: List[float]        # per event; NaN when not given
     k: int = DEFAULT_K
     exclude_seen: bool = True
     exclude: tuple = ()
@@ -75,7 +76,7 @@ def parse_request(body: Any) -> Request:
     if "history" not in d or d["history"] is None:
         raise BadRequest("field 'history' is required (a list of item ids or events, may be empty)")
 
-    history, timestamps, event_types, sources = _parse_history(d["history"])
+    history, timestamps, event_types, sources, strengths = _parse_history(d["history"])
     k = _opt(d, "k", DEFAULT_K)
     if not _is_int(k) or not 1 <= k <= MAX_K:
         raise BadRequest(f"k must be an integer in 1..{MAX_K}, got {_show(k)}")
@@ -92,7 +93,7 @@ def parse_request(body: Any) -> Request:
     now = d.get("now")
     if now is not None:
         now = _number(now, "now")
-    return Request(history, timestamps, event_types, sources, k, exclude_seen, tuple(exclude),
+    return Request(history, timestamps, event_types, sources, strengths, k, exclude_seen, tuple(exclude),
                    candidates, user_id, now)
 
 
@@ -127,7 +128,7 @@ def _parse_history(h: Any):
         raise BadRequest(f"history must be a list of item ids or event objects, got {_json_type(h)}")
     if len(h) > MAX_IDS:
         raise BadRequest(f"history has {len(h)} entries; at most {MAX_IDS}")
-    ids, ts, types, srcs = [], [], [], []
+    ids, ts, types, srcs, strengths = [], [], [], [], []
     for i, e in enumerate(h):
         where = f"history[{i}]"
         if isinstance(e, dict):
@@ -139,6 +140,8 @@ def _parse_history(h: Any):
             ids.append(_id(e["item_id"], f"{where}.item_id"))
             t = e.get("timestamp")
             ts.append(math.nan if t is None else _number(t, f"{where}.timestamp"))
+            s = e.get("strength")
+            strengths.append(math.nan if s is None else _number(s, f"{where}.strength", "e.g. a rating"))
             types.append(_opt_str(e.get("event_type"), f"{where}.event_type"))
             srcs.append(_opt_str(e.get("source"), f"{where}.source"))
         else:
@@ -146,7 +149,8 @@ def _parse_history(h: Any):
             ts.append(math.nan)
             types.append("")
             srcs.append("")
-    return ids, ts, types, srcs
+            strengths.append(math.nan)
+    return ids, ts, types, srcs, strengths
 
 
 def _id_list(v: Any, name: str) -> list:
@@ -163,9 +167,9 @@ def _id(x: Any, where: str):
     raise BadRequest(f"{where}: an item id must be an integer or a string, got {_show(x)}")
 
 
-def _number(x: Any, where: str) -> float:
+def _number(x: Any, where: str, meaning: str = "unix seconds") -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise BadRequest(f"{where} must be a number (unix seconds), got {_show(x)}")
+        raise BadRequest(f"{where} must be a number ({meaning}), got {_show(x)}")
     try:
         f = float(x)
     except OverflowError:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from typing import Any, Dict, List, Optional
@@ -41,6 +40,7 @@ METRICS = {
     "SeqrecBatchSize": (MetricTypes.HISTOGRAM, "Count", ["ModelName", "Level"]),
 }
 OK, BAD_REQUEST, EMPTY_HISTORY, ERROR = "ok", "bad_request", "empty_history", "error"
+ENCODE_EVENTS_ARGS = ["timestamps", "event_types", "sources", "strengths", "now"]
 
 
 class SeqrecHandler(BaseHandler):
@@ -54,7 +54,7 @@ class SeqrecHandler(BaseHandler):
         self.model_name = self.meta.get("model_name", "seqrec")
         self.model_version = str(self.meta.get("model_version", ""))
         self.context = context
-        self.nan_timestamps_ok = self._probe_nan_timestamps()
+        self._check_encoding_signature()
         self._warm_up()
         self.initialized = True
         log.info("seqrec %s ready on %s: %d items (%d scorable), total_length %d, %d threads",
@@ -75,17 +75,13 @@ class SeqrecHandler(BaseHandler):
             torch.set_num_threads(max(1, (cores or 1) // max(1, workers)))
         return torch.device("cpu")
 
-    def _probe_nan_timestamps(self) -> bool:
-        """encode_events is documented to map a NaN timestamp (not given) to the "unknown" time
-        bucket; models scripted with a `t != t` NaN test (always False in TorchScript) raise
-        instead. Those get `now` for a missing timestamp: age bucket 1, the same "unknown" bucket."""
-        try:
-            self.model.encode_events([math.nan, 0.0], ["", ""], ["", ""], 1e9)
-            return True
-        except RuntimeError:
-            log.warning("seqrec: this model's encode_events cannot take NaN timestamps; "
-                        "missing timestamps are sent as `now`")
-            return False
+    def _check_encoding_signature(self):
+        """Fail at load, with a reason, on an export whose event encoding predates this handler's
+        (e.g. one without the strength column) rather than 500 on every request."""
+        args = [a.name for a in self.model.encode_events.schema.arguments][1:]
+        if args != ENCODE_EVENTS_ARGS:
+            raise RuntimeError(f"seqrec: this export's encode_events takes {args}, this handler passes "
+                               f"{ENCODE_EVENTS_ARGS}: re-export the model with the matching train/")
 
     def _warm_up(self):
         first = self.catalogue.decode(self.catalogue.rows[:1].cpu().numpy()) if len(self.catalogue.rows) else [0]
@@ -211,10 +207,8 @@ class SeqrecHandler(BaseHandler):
                 keep = lk["known"].tolist()
                 pick = lambda xs: [x for x, k in zip(xs, keep) if k]
                 now = r.now if r.now is not None else time.time()
-                ts = pick(r.timestamps)
-                if not self.nan_timestamps_ok:
-                    ts = [now if t != t else t for t in ts]  # plain Python: NaN != NaN holds here
-                feats[i] = self.model.encode_events(ts, pick(r.event_types), pick(r.sources), now)
+                feats[i] = self.model.encode_events(pick(r.timestamps), pick(r.event_types), pick(r.sources),
+                                                    pick(r.strengths), now)
                 seqs[i] = lk["history"].tolist()
             except Exception as e:  # noqa: BLE001
                 log.exception("seqrec: encoding request %d failed", i)

@@ -7,8 +7,8 @@ from typing import Any, Dict, List
 
 # Per-event categorical features, one column each in the (B, T, F) feature tensor.
 # 0 always means padding / absent; 1 means "unknown value".
-FEATURE_AGE, FEATURE_GAP, FEATURE_EVENT_TYPE, FEATURE_SOURCE = 0, 1, 2, 3
-NUM_EVENT_FEATURES = 4
+FEATURE_AGE, FEATURE_GAP, FEATURE_EVENT_TYPE, FEATURE_SOURCE, FEATURE_STRENGTH = 0, 1, 2, 3, 4
+NUM_EVENT_FEATURES = 5
 
 
 @dataclass
@@ -31,6 +31,10 @@ class ModelConfig:
     use_source: bool = False
     event_types: List[str] = field(default_factory=list)  # vocabulary; id = position + 2
     sources: List[str] = field(default_factory=list)
+    use_strength: bool = False         # interaction strength (e.g. a rating), bucketed
+    strength_edges: List[float] = field(default_factory=list)  # bucket id = 2 + #edges <= value;
+                                       # empty: taken from the training events (features.strength_edges)
+    strength_buckets: int = 16         # at most this many buckets when edges come from the data
     feature_dim: int = 16              # size of each per-event feature embedding
     feature_dropout: float = 0.05      # training: P(an event feature is replaced by "unknown"), so
                                        # a field missing at serving maps to a trained default

@@ -36,3 +36,15 @@ def encode_time_features(timestamps: List[float], now: float, num_buckets: int,
         out.append([age, gap])
         prev = t
     return out
+
+
+def strength_bucket(value: float, edges: List[float]) -> int:
+    """Bucket of an interaction strength (e.g. a rating): 1 "unknown" for NaN (not given), else
+    2 + the number of edges <= value (edges ascending)."""
+    if math.isnan(value):
+        return 1
+    b = 2
+    for e in edges:
+        if value >= e:
+            b += 1
+    return b

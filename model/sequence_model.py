@@ -20,16 +20,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Feature columns are written as literals below (TorchScript cannot read module constants):
-# 0 age, 1 gap, 2 event type, 3 source -- see config.FEATURE_*.
+# 0 age, 1 gap, 2 event type, 3 source, 4 strength -- see config.FEATURE_*.
 from .config import NUM_EVENT_FEATURES, ModelConfig
 from .content import ContentEncoder
-from .features import encode_time_features
+from .features import encode_time_features, strength_bucket
 from .padding import pad_batch
 
 
 class SequenceModel(nn.Module):
     event_type_ids: Dict[str, int]
     source_ids: Dict[str, int]
+    strength_edges: List[float]
 
     def __init__(self, config: ModelConfig, item_vectors: Optional[Tensor] = None,
                  item_content: Optional[Tuple[Tensor, Tensor, Tensor]] = None):
@@ -44,6 +45,8 @@ class SequenceModel(nn.Module):
         self.use_time = config.use_time
         self.use_event_type = config.use_event_type
         self.use_source = config.use_source
+        self.use_strength = config.use_strength
+        self.strength_edges: List[float] = [float(e) for e in config.strength_edges]
         self.until_next = config.age_reference == "next"
         self.use_content = config.use_content
         self.num_id_items = config.num_items  # rows 1..num_items of the id table are trained items
@@ -98,13 +101,18 @@ class SequenceModel(nn.Module):
         self.gap_embedding = nn.Embedding(config.time_buckets if config.use_time else 1, fd, padding_idx=0)
         self.type_embedding = nn.Embedding(len(config.event_types) + 2 if config.use_event_type else 1, fd, padding_idx=0)
         self.source_embedding = nn.Embedding(len(config.sources) + 2 if config.use_source else 1, fd, padding_idx=0)
+        self.strength_embedding = nn.Embedding(len(config.strength_edges) + 3 if config.use_strength else 1, fd,
+                                               padding_idx=0)
         for emb, on in ((self.age_embedding, config.use_time), (self.gap_embedding, config.use_time),
-                        (self.type_embedding, config.use_event_type), (self.source_embedding, config.use_source)):
+                        (self.type_embedding, config.use_event_type), (self.source_embedding, config.use_source),
+                        (self.strength_embedding, config.use_strength)):
             emb.weight.requires_grad_(on)  # unused placeholders must not count as trainable (DDP checks)
-            with torch.no_grad():  # norm ~1 like the unit item vector, not ~sqrt(fd): at N(0, 1)
-                emb.weight.normal_(0.0, fd ** -0.5)  # the features drown the item early in training
+            with torch.no_grad():
+                if on:  # norm ~1 like the unit item vector: at N(0, 1) the features drown the item early on
+                    emb.weight.normal_(0.0, fd ** -0.5)
                 emb.weight[0].zero_()
-        n_feat = 2 * int(config.use_time) + int(config.use_event_type) + int(config.use_source)
+        n_feat = (2 * int(config.use_time) + int(config.use_event_type) + int(config.use_source)
+                  + int(config.use_strength))
 
         self.input_dropout = nn.Dropout(config.dropout)
         self.lstm = nn.LSTM(d + n_feat * fd, config.hidden_dim, num_layers=config.num_layers,
@@ -124,13 +132,13 @@ class SequenceModel(nn.Module):
 
     @torch.jit.export
     def encode_events(self, timestamps: List[float], event_types: List[str], sources: List[str],
-                      now: float) -> List[List[int]]:
-        """One row of NUM_EVENT_FEATURES ids per event. NaN timestamps and unseen strings map to
-        the "unknown" id 1; features the model does not use are left 0."""
+                      strengths: List[float], now: float) -> List[List[int]]:
+        """One row of NUM_EVENT_FEATURES ids per event. NaN timestamps and strengths (not given)
+        and unseen strings map to the "unknown" id 1; features the model does not use are left 0."""
         time_feats = encode_time_features(timestamps, now, self.time_buckets, self.until_next)
         rows: List[List[int]] = []
         for i in range(len(timestamps)):
-            row = [0, 0, 0, 0]
+            row = [0, 0, 0, 0, 0]
             if self.use_time:
                 row[0] = time_feats[i][0]
                 row[1] = time_feats[i][1]
@@ -138,6 +146,8 @@ class SequenceModel(nn.Module):
                 row[2] = self.event_type_ids.get(event_types[i], 1)
             if self.use_source:
                 row[3] = self.source_ids.get(sources[i], 1)
+            if self.use_strength:
+                row[4] = strength_bucket(strengths[i], self.strength_edges)
             rows.append(row)
         return rows
 
@@ -201,6 +211,8 @@ class SequenceModel(nn.Module):
             x.append(self.type_embedding(features[:, :, 2]))
         if self.use_source:
             x.append(self.source_embedding(features[:, :, 3]))
+        if self.use_strength:
+            x.append(self.strength_embedding(features[:, :, 4]))
         h, _ = self.lstm(self.input_dropout(torch.cat(x, dim=-1)))
         return F.normalize(self.rnn2item(self.output_dropout(h)), dim=-1)
 

@@ -78,7 +78,7 @@ def test_content_model_scripts_with_the_same_scores_and_extends_without_retraini
     m = content_model()
     s = torch.jit.script(m)
     hist = [[1, 2, 3], [4, 1], [2]]
-    feats = [s.encode_events([float(t) for t in range(len(h))], ["view"] * len(h), [""] * len(h), 1e4) for h in hist]
+    feats = [s.encode_events([float(t) for t in range(len(h))], ["view"] * len(h), [""] * len(h), [0.0] * len(h), 1e4) for h in hist]
     args = s.pad(hist, feats)
     assert torch.allclose(s(*args), m(*args), atol=1e-6)
     assert torch.allclose(s.item_matrix(), m.item_matrix(), atol=1e-6) and s.item_matrix().shape == (5, 8)
@@ -132,7 +132,7 @@ def trained_synthetic():
     model = build_model(cfg, prep)
     data = SequentialDataset(model, prep.cols, prep.split.train)
     sampler = CandidateSampler(len(prep.index), cfg.sample_size)
-    fit(model, data, cfg, sampler, lambda m: {"NDCG@10": 0.0})
+    fit(model, data, cfg, sampler, None)  # no validation: keep the last epoch, not the first
     return cfg, prep, model.eval()
 
 
@@ -154,8 +154,8 @@ def test_cold_start_item_is_recommended_to_its_own_category(trained_synthetic):
         taste = model(*model.pad(hist, [[] for _ in hist]))
     scores = (taste @ fresh.T).numpy()                                  # (categories, new items)
     # ... ranks the new listing of category c near the top of the 12 new listings: at random it
-    # would come first 1 time in 12, at rank 5.5 on average (0-based). (Fully trained on the default
-    # marketplace: first for 12 of 12 categories; this small run gets about half.)
+    # would come first 1 time in 12, at rank 5.5 on average (0-based). (This run, seeds 0-7: first
+    # for 10-11 of 12 categories, mean rank 0.2-1.0.)
     rank = (scores > np.diag(scores)[:, None]).sum(axis=1)
-    assert (rank == 0).mean() >= 0.4 and rank.mean() < 3.0
+    assert (rank == 0).mean() >= 0.75 and rank.mean() < 1.5
     assert np.allclose(np.linalg.norm(fresh.numpy(), axis=1), 1, atol=1e-5)

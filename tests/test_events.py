@@ -136,3 +136,15 @@ def test_drop_report_merge_and_totals():
     assert m.total_dropped == 1 + 1 + 2 + 4 + 2 and m.rows_kept == 15 - 10
     assert a.extra == {"too_short": 3}  # merge does not mutate
     assert m.to_dict()["total_dropped"] == 10
+
+
+def test_strength_is_a_number_or_unknown_and_never_drops_an_event(caplog):
+    df = pd.DataFrame({"user_id": [1, 1, 1, 1, 1], "item_id": [1, 2, 3, 4, 5], "timestamp": [1, 2, 3, 4, 5],
+                       "rating": ["4.5", "five", None, "inf", 2]})
+    with caplog.at_level("WARNING"):
+        events, report = load_events(df, ColumnMap(strength="rating"))
+    assert report.total_dropped == 0 and len(events) == 5
+    assert events["strength"].dtype == "float64"
+    got = events.set_index("item_id")["strength"]
+    assert got[1] == 4.5 and got[5] == 2.0 and got[[2, 3, 4]].isna().all()
+    assert "2 strength values are not finite numbers" in caplog.text  # "five" and "inf"; None is just missing

@@ -26,15 +26,15 @@ def test_pad_keeps_features_aligned_with_items():
 
 @pytest.mark.parametrize("features", [False, True])
 def test_scripted_model_matches_eager(features):
-    kw = dict(use_time=True, use_event_type=True, use_source=True, event_types=["view", "buy"],
-              sources=["feed"]) if features else {}
+    kw = dict(use_time=True, use_event_type=True, use_source=True, use_strength=True, event_types=["view", "buy"],
+              sources=["feed"], strength_edges=[2.0, 4.0]) if features else {}
     m = make(**kw)
     s = torch.jit.script(m)
     hist = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11], [12]]
-    feats = [s.encode_events([float(t) for t in range(len(h))], ["view"] * len(h), ["x"] * len(h), 1e5)
-             for h in hist]
-    assert feats == [m.encode_events([float(t) for t in range(len(h))], ["view"] * len(h), ["x"] * len(h), 1e5)
-                     for h in hist]
+    feats = [s.encode_events([float(t) for t in range(len(h))], ["view"] * len(h), ["x"] * len(h),
+                             [float(t) for t in range(len(h))], 1e5) for h in hist]
+    assert feats == [m.encode_events([float(t) for t in range(len(h))], ["view"] * len(h), ["x"] * len(h),
+                                     [float(t) for t in range(len(h))], 1e5) for h in hist]
     a, b = s.pad(hist, feats), m.pad(hist, feats)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     ts, te = s(*a), m(*b)
@@ -45,8 +45,20 @@ def test_scripted_model_matches_eager(features):
 
 def test_unknown_event_strings_map_to_unknown_id():
     m = make(use_event_type=True, use_source=True, event_types=["view"], sources=["feed"])
-    rows = m.encode_events([0.0, 0.0], ["view", "never-seen"], ["feed", ""], 0.0)
+    rows = m.encode_events([0.0, 0.0], ["view", "never-seen"], ["feed", ""], [1.0, 1.0], 0.0)
     assert [r[2] for r in rows] == [2, 1] and [r[3] for r in rows] == [2, 1]
+    assert [r[4] for r in rows] == [0, 0]  # strength not used by this model
+
+
+def test_strength_buckets_scripted_like_eager():
+    import math
+    m = make(use_strength=True, strength_edges=[1.0, 2.5, 4.0])
+    s = torch.jit.script(m)
+    values = [math.nan, -3.0, 0.5, 1.0, 2.4, 2.5, 4.0, 99.0]
+    rows = s.encode_events([0.0] * 8, [""] * 8, [""] * 8, values, 0.0)
+    assert rows == m.encode_events([0.0] * 8, [""] * 8, [""] * 8, values, 0.0)
+    # 1 unknown (not given), then 2 + the number of edges <= value
+    assert [r[4] for r in rows] == [1, 2, 2, 3, 3, 4, 5, 5] and m.strength_embedding.num_embeddings == 6
 
 
 def test_config_rejects_unknown_keys():
@@ -76,8 +88,8 @@ def test_time_buckets_and_age_reference_scripted_like_eager():
     for ref, ages in (("next", [1, 2, 3, 9, 7]), ("now", [1, 9, 9, 9, 7])):
         m = make(use_time=True, age_reference=ref)
         s = torch.jit.script(m)
-        rows = s.encode_events(ts, [""] * 5, [""] * 5, 6000.0)
-        assert rows == m.encode_events(ts, [""] * 5, [""] * 5, 6000.0)
+        rows = s.encode_events(ts, [""] * 5, [""] * 5, [0.0] * 5, 6000.0)
+        assert rows == m.encode_events(ts, [""] * 5, [""] * 5, [0.0] * 5, 6000.0)
         # 1 unknown (NaN, or a negative duration), 2 under a minute, 3 = 1-2 minutes, ...
         assert [r[0] for r in rows] == ages and [r[1] for r in rows] == [1, 1, 2, 3, 9]
     with pytest.raises(ValueError, match="age_reference"):
@@ -86,7 +98,7 @@ def test_time_buckets_and_age_reference_scripted_like_eager():
 
 def test_feature_dropout_only_in_training():
     m = make(use_event_type=True, event_types=["view"], feature_dropout=0.5, dropout=0.0)
-    items, feats, lengths = m.pad([[1, 2, 3, 4, 5, 6]], [m.encode_events([0.0] * 6, ["view"] * 6, [""] * 6, 0.0)])
+    items, feats, lengths = m.pad([[1, 2, 3, 4, 5, 6]], [m.encode_events([0.0] * 6, ["view"] * 6, [""] * 6, [0.0] * 6, 0.0)])
     assert torch.equal(m(items, feats, lengths), m(items, feats, lengths))
     m.train()
     torch.manual_seed(0)

@@ -75,3 +75,35 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
 def test_unknown_config_key_fails_loudly():
     with pytest.raises(ValueError, match="epochz"):
         TrainConfig().override(["epochz=3"])
+
+
+def test_strength_trains_exports_and_encodes_like_training(tmp_path):
+    """A CSV log with a rating column: edges from the training events' distinct values, a
+    missing rating is "unknown", and the export encodes events the same way."""
+    rng = np.random.default_rng(0)
+    n_users, per_user = 120, 8
+    log = pd.DataFrame({"user_id": np.repeat(np.arange(n_users), per_user),
+                        "item_id": rng.integers(1, 60, n_users * per_user),
+                        "timestamp": np.tile(np.arange(per_user) * 60.0, n_users),
+                        "strength": rng.choice([1.0, 2.0, 3.5, 5.0, np.nan], n_users * per_user)})
+    log.to_csv(tmp_path / "log.csv", index=False)
+    cfg = small(data=str(tmp_path / "log.csv"), epochs=1).override(["model.use_strength=true"])
+    summary = run(cfg, tmp_path / "out")
+    assert summary["config"]["model"]["strength_edges"] == [2.0, 3.5, 5.0]
+    m = torch.jit.load(str(tmp_path / "out" / "model.pt"))
+    rows = m.encode_events([0.0] * 4, [""] * 4, [""] * 4, [float("nan"), 1.0, 3.5, 9.0], 0.0)
+    assert [r[4] for r in rows] == [1, 2, 4, 5]
+
+
+def test_switched_on_feature_without_its_column_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="model.use_strength: 'synthetic' has no 'strength' column"):
+        run(small(epochs=1).override(["model.use_strength=true"]), tmp_path / "out")
+
+
+def test_strength_edges_are_distinct_values_or_quantiles():
+    from train.pipeline import strength_edges
+    assert strength_edges(np.array([0.5, 5.0, 3.0, np.nan, 3.0]), 16) == [3.0, 5.0]
+    edges = strength_edges(np.arange(1000.0), 4)
+    assert edges == pytest.approx([249.75, 499.5, 749.25])
+    with pytest.raises(ValueError, match="no training event has a numeric strength"):
+        strength_edges(np.array([np.nan]), 4)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, Sequence, Tuple
 
 import pytest
 
@@ -24,10 +24,12 @@ requires_java = pytest.mark.skipif(
     reason="java not on PATH: TorchServe's frontend needs Java 17 (`make test` installs openjdk-17-jre-headless)")
 
 
-def tiny_export(out: Path, version: str = "1.0", users: int = 300, items: int = 200) -> Path:
-    """The training CLI on a small synthetic marketplace, one epoch: a real export, in seconds."""
+def tiny_export(out: Path, version: str = "1.0", users: int = 300, items: int = 200,
+                overrides: Sequence[str] = ()) -> Path:
+    """The training CLI on a small synthetic marketplace, one epoch: a real export, in seconds.
+    `overrides`: more `--set key=value`, e.g. model.use_time=true."""
     cmd = [sys.executable, "-m", "train", "--data", "synthetic", "--out", str(out), "--epochs", "1",
-           "--version", version, "--set", f"synthetic_users={users}", f"synthetic_items={items}"]
+           "--version", version, "--set", f"synthetic_users={users}", f"synthetic_items={items}", *overrides]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"training failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
     return out

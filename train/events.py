@@ -13,6 +13,8 @@ Canonical schema, one row per event, sorted by (user_id, timestamp, item_id) wit
                                ISO 8601 best, naive ones taken as UTC)
     event_type  str            optional
     source      str            optional
+    strength    float64        optional: interaction strength, e.g. a rating; NaN where missing or not a
+                               number (such values are counted in a warning, the event is kept)
     ...                        any other input column, unchanged
 
 Bad rows are never dropped silently: each dropped row is counted once in a `DropReport`, under the
@@ -36,7 +38,8 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 REQUIRED = ("user_id", "item_id", "timestamp")
-OPTIONAL = ("event_type", "source")
+LABELS = ("event_type", "source")
+OPTIONAL = (*LABELS, "strength")
 SORT_KEYS = ["user_id", "timestamp", "item_id"]
 _UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 # A canonical decimal integer that fits int64: no leading zeros ("007" stays a string id), no "12.0".
@@ -93,6 +96,7 @@ class ColumnMap:
     timestamp: str = "timestamp"
     event_type: Optional[str] = "event_type"
     source: Optional[str] = "source"
+    strength: Optional[str] = "strength"
 
 
 def read_table(path: Union[str, Path], **kwargs) -> pd.DataFrame:
@@ -141,10 +145,12 @@ def load_events(
     item = _normalise_ids(df["item_id"])
     ts = to_unix_seconds(df["timestamp"], timestamp_unit)
     df = df.assign(user_id=user, item_id=item, timestamp=ts)
-    for col in OPTIONAL:
+    for col in LABELS:
         if col in mapping:
             # Categorical labels: keep them as text, but let missing values stay missing.
             df[col] = df[col].where(df[col].isna(), df[col].astype(str))
+    if "strength" in mapping:
+        df["strength"] = _strengths(df["strength"], origin)
 
     null_user = user.isna()
     null_item = item.isna() & ~null_user
@@ -190,6 +196,20 @@ def _read_csv(path, dtype, malformed: list) -> pd.DataFrame:
         return "skip"
 
     return read_table(path, dtype=dtype, engine="pyarrow", on_bad_lines=skip)
+
+
+def _strengths(values: pd.Series, origin: str) -> pd.Series:
+    """float64; NaN (the model's "unknown" strength) for missing values and for anything that is not
+    a finite number, which is logged with a count rather than dropping the event."""
+    if pd.api.types.is_bool_dtype(values):
+        values = values.astype("float64")
+    out = pd.to_numeric(values, errors="coerce").astype("float64")
+    out = out.where(np.isfinite(out))
+    bad = int((out.isna() & values.notna()).sum())
+    if bad:
+        log.warning("%s: %d strength values are not finite numbers; those events keep an unknown strength",
+                    origin, bad)
+    return out
 
 
 def _resolve_columns(df: pd.DataFrame, columns: ColumnMap, origin: str) -> Dict[str, str]:

@@ -12,14 +12,14 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
 
-from model import SequenceModel
+from model import ModelConfig, SequenceModel
 
 from .config import TrainConfig
 from .evaluate import evaluate_ranking, model_scorer, popularity_scorer, summarize
@@ -83,13 +83,40 @@ def prepare(cfg: TrainConfig) -> Prepared:
     return Prepared(events, items, drops, index, split, EventColumns(events), popularity, cold)
 
 
+def fit_event_vocabularies(mc: ModelConfig, prep: Prepared, data: str) -> None:
+    """Event-type and source vocabularies and strength bucket edges, unless the config gives them.
+    A switched-on feature whose column the data lacks is an error, not a feature that is always
+    "unknown"."""
+    for on, column in ((mc.use_event_type, "event_type"), (mc.use_source, "source"),
+                       (mc.use_strength, "strength")):
+        if on and column not in prep.events:
+            raise ValueError(f"model.use_{column}: {data!r} has no {column!r} "
+                             f"column (events have {list(prep.events.columns)})")
+    if mc.use_event_type and not mc.event_types:
+        mc.event_types = sorted(prep.events["event_type"].astype(str).unique().tolist())
+    if mc.use_source and not mc.sources:
+        mc.sources = sorted(prep.events["source"].astype(str).unique().tolist())
+    if mc.use_strength and not mc.strength_edges:
+        train_rows = np.concatenate(prep.split.train) if prep.split.train else np.zeros(0, dtype=np.int64)
+        mc.strength_edges = strength_edges(prep.cols.strengths[train_rows], mc.strength_buckets)
+
+
+def strength_edges(values: np.ndarray, max_buckets: int) -> List[float]:
+    """Bucket edges for strengths: one bucket per distinct value when there are at most max_buckets
+    (ratings), else quantile buckets. NaN values (unknown) are ignored."""
+    v = values[np.isfinite(values)]
+    if len(v) == 0:
+        raise ValueError("model.use_strength: no training event has a numeric strength")
+    distinct = np.unique(v)
+    if len(distinct) <= max_buckets:
+        return distinct[1:].tolist()
+    return np.unique(np.quantile(v, np.arange(1, max_buckets) / max_buckets)).tolist()
+
+
 def build_model(cfg: TrainConfig, prep: Prepared) -> SequenceModel:
     mc = cfg.model
     mc.num_items = len(prep.index)
-    if mc.use_event_type and not mc.event_types and "event_type" in prep.events:
-        mc.event_types = sorted(prep.events["event_type"].astype(str).unique().tolist())
-    if mc.use_source and not mc.sources and "source" in prep.events:
-        mc.sources = sorted(prep.events["source"].astype(str).unique().tolist())
+    fit_event_vocabularies(mc, prep, cfg.data)
     vectors = None
     if cfg.pretrained == "svd":
         seqs = [prep.cols.items[r] for r in prep.split.train]

@@ -29,12 +29,14 @@ class EventColumns:
                             else np.full(n, "", dtype=object))
         self.sources = (events["source"].astype(str).to_numpy() if "source" in events
                         else np.full(n, "", dtype=object))
+        self.strengths = (events["strength"].to_numpy(dtype=np.float64) if "strength" in events
+                          else np.full(n, np.nan))
 
     def features(self, model: SequenceModel, rows: np.ndarray, now: float) -> List[List[int]]:
-        if not (model.use_time or model.use_event_type or model.use_source):
+        if not (model.use_time or model.use_event_type or model.use_source or model.use_strength):
             return []
         return model.encode_events(self.timestamps[rows].tolist(), self.event_types[rows].tolist(),
-                                   self.sources[rows].tolist(), float(now))
+                                   self.sources[rows].tolist(), self.strengths[rows].tolist(), float(now))
 
 
 class SequentialDataset(torch.utils.data.Dataset):

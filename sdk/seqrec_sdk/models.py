@@ -7,6 +7,7 @@ A history is a sequence of plain item ids (``int`` or ``str``, as in training) o
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -46,6 +47,14 @@ class Event:
     timestamp: Optional[Timestamp] = None
     event_type: Optional[str] = None  # e.g. "view", "cart", "purchase"
     source: Optional[str] = None  # e.g. "search", "feed"
+    strength: Optional[float] = None  # interaction strength, e.g. a rating
+
+    def __post_init__(self) -> None:
+        # JSON has no NaN or infinity: fail here, not as a 400 after a round trip.
+        if self.strength is not None and (isinstance(self.strength, bool)
+                                          or not isinstance(self.strength, (int, float))
+                                          or not math.isfinite(self.strength)):
+            raise ValueError(f"Event.strength must be a finite number, got {self.strength!r}")
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"item_id": self.item_id}
@@ -55,6 +64,8 @@ class Event:
             out["event_type"] = self.event_type
         if self.source is not None:
             out["source"] = self.source
+        if self.strength is not None:
+            out["strength"] = self.strength
         return out
 
 

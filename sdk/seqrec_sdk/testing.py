@@ -31,7 +31,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple
 __all__ = ["FakeSeqrecServer", "Reply", "RecordedRequest"]
 
 _FIELDS = {"history", "k", "exclude_seen", "exclude", "candidates", "user_id", "now"}
-_EVENT_FIELDS = {"item_id", "timestamp", "event_type", "source"}
+_EVENT_FIELDS = {"item_id", "timestamp", "event_type", "source", "strength"}
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,9 @@ BAD = [
     ({"history": [{"item_id": 1, "colour": "red"}]}, "history[0]: unknown field(s) ['colour']"),
     ({"history": [{"timestamp": 1}]}, "history[0]: an event needs 'item_id'"),
     ({"history": [{"item_id": 1, "event_type": 3}]}, "history[0].event_type must be a string"),
+    ({"history": [{"item_id": 1, "strength": "5 stars"}]}, "history[0].strength must be a number (e.g. a rating)"),
+    ({"history": [{"item_id": 1, "strength": True}]}, "history[0].strength must be a number"),
+    ({"history": [1, {"item_id": 1, "strength": float("nan")}]}, "history[1].strength must be a finite"),
     ({"history": [{"item_id": False}]}, "history[0].item_id"),
     ({"history": list(range(10_001))}, "at most 10000"),
     ({"history": [], "exclude": list(range(10_001))}, "exclude has 10001 ids"),
@@ -208,6 +211,7 @@ def test_candidates_rank_only_those(loaded):
 def test_scores_are_the_models_score_of_plain_topk(loaded, export_dir):
     """End to end against a hand computation: training's padding, the scripted forward, plain
     torch.topk over the available rows, model.score of the cosine."""
+    from model import NUM_EVENT_FEATURES
     from model.padding import pad_batch
 
     h, _ = loaded
@@ -217,8 +221,8 @@ def test_scores_are_the_models_score_of_plain_topk(loaded, export_dir):
     hist_idx = [5, 9, 1, 40, 41]
     hist = items["item_id"].to_numpy()[np.array(hist_idx) - 1].tolist()
     with torch.no_grad():
-        x = pad_batch([hist_idx], [model.encode_events([math.nan] * 5, [""] * 5, [""] * 5, 0.0)
-                                   if h.nan_timestamps_ok else []], TOTAL_LENGTH, 4)
+        x = pad_batch([hist_idx], [model.encode_events([math.nan] * 5, [""] * 5, [""] * 5, [math.nan] * 5, 0.0)],
+                      TOTAL_LENGTH, NUM_EVENT_FEATURES)
         taste = model(*x)[0]
         cos = E @ taste
         cos[0] = -math.inf
@@ -241,9 +245,10 @@ def test_long_history_is_truncated_at_the_front_like_training(loaded):
     assert r_long["items"] == r_tail["items"]
     model = h.model
     seqs = [list(range(1, 3 * TOTAL_LENGTH + 1))]
+    from model import NUM_EVENT_FEATURES
     from model.padding import pad_batch
 
-    for a, b in zip(model.pad(seqs, [[]]), pad_batch(seqs, [[]], TOTAL_LENGTH, 4)):
+    for a, b in zip(model.pad(seqs, [[]]), pad_batch(seqs, [[]], TOTAL_LENGTH, NUM_EVENT_FEATURES)):
         assert torch.equal(a, b)
 
 
@@ -258,14 +263,14 @@ def test_event_objects_are_accepted(loaded):
 
 def test_time_and_context_features_with_missing_fields(tmp_path):
     d = make_export(tmp_path / "t", num_items=60, use_time=True, use_event_type=True, use_source=True,
-                    event_types=["view", "buy"], sources=["search"])
+                    use_strength=True, event_types=["view", "buy"], sources=["search"], strength_edges=[2.0, 4.0])
     loaded = load_handler(d)
     h, _ = loaded
     avail = catalogue_ids(h)
-    full = [{"item_id": avail[i], "timestamp": 1_700_000_000 + 600 * i, "event_type": "view", "source": "search"}
-            for i in range(4)]
+    full = [{"item_id": avail[i], "timestamp": 1_700_000_000 + 600 * i, "event_type": "view", "source": "search",
+             "strength": 4.5} for i in range(4)]
     sparse = [{"item_id": avail[0]}, {"item_id": avail[1], "timestamp": 1_700_000_600}, avail[2],
-              {"item_id": avail[3], "event_type": "never-seen"}]
+              {"item_id": avail[3], "event_type": "never-seen", "strength": -1}]
     res = ask(loaded, {"history": full, "now": 1_700_003_000, "k": 5}, {"history": sparse, "k": 5},
               {"history": [e["item_id"] for e in full], "k": 5})
     assert [s for s, _ in res] == [200, 200, 200]

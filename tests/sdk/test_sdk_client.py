@@ -62,12 +62,18 @@ def test_optional_fields_are_omitted_and_events_serialised(server):
     with Client(server.url) as client:
         client.recommend([1, 2])
         assert last_body(server) == {"history": [1, 2], "k": 10, "exclude_seen": True}
-        client.recommend([Event(5, timestamp=when, event_type="view", source="search"), 6],
+        client.recommend([Event(5, timestamp=when, event_type="view", source="search", strength=4.5), 6],
                          exclude_seen=False, now=dt.datetime(2024, 1, 3))
     body = last_body(server)
     assert body["history"] == [{"item_id": 5, "timestamp": when.timestamp(), "event_type": "view",
-                                "source": "search"}, {"item_id": 6}]
+                                "source": "search", "strength": 4.5}, {"item_id": 6}]
     assert body["exclude_seen"] is False and body["now"] == 1704240000.0  # naive = UTC
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "5", True])
+def test_event_strength_must_be_a_finite_number(bad):
+    with pytest.raises(ValueError, match="Event.strength must be a finite number"):
+        Event(1, strength=bad)
 
 
 def test_server_popular_flag_unknown_items_and_extra_keys(server):
