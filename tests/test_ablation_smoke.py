@@ -28,7 +28,7 @@ def test_every_stage_runs_end_to_end(tmp_path):
     configs = tmp_path / "configs"
     configs.mkdir()
     (configs / "ablation-tiny.json").write_text(json.dumps(
-        {"base": TINY, "stages": STAGES, "cold_start": {"stage": "2+content", "fraction": 0.2}}))
+        {"base": TINY, "seeds": [0, 1], "stages": STAGES, "cold_start": {"stage": "2+content", "fraction": 0.2}}))
     out = tmp_path / "ablation.json"
     assert load_ablation().main(["--configs", str(configs), "--out", str(out),
                                  "--artifacts", str(tmp_path / "art")]) == 0
@@ -38,8 +38,15 @@ def test_every_stage_runs_end_to_end(tmp_path):
         lo, hi = row["model_ci95"]["HR@10"]
         assert lo <= row["model"]["HR@10"] <= hi and row["test_users"] > 100
         assert row["scripted_export_matches"], stage
-        assert (stage == "2") == ("vs_stage_2" not in row)
-        assert (tmp_path / "art" / "synthetic" / stage.replace("+", "_") / "model.pt").is_file()
+        assert (stage == "2") == ("vs_stage_2" not in row) == ("seeds_better_than_stage_2" not in row)
+        assert [r["seed"] for r in row["per_seed"]] == [0, 1] and row["seed_std"]["HR@10"] >= 0
+        # the stage's figure is the mean of its seeds' (on the same test users)
+        assert abs(row["model"]["HR@10"] - sum(r["HR@10"] for r in row["per_seed"]) / 2) < 1e-9
+        for seed in (0, 1):
+            assert (tmp_path / "art" / "synthetic" / stage.replace("+", "_") / f"seed{seed}" / "model.pt").is_file()
+    # seeds change the training, not the data: stage 1 is a fixed SVD, stage 2 trains from a seed
+    assert res["stages"]["2"]["per_seed"][0]["HR@10"] != res["stages"]["2"]["per_seed"][1]["HR@10"] or \
+        res["stages"]["2"]["per_seed"][0]["NDCG@10"] != res["stages"]["2"]["per_seed"][1]["NDCG@10"]
     d = res["stages"]["all"]["vs_stage_2"]["HR@10"]
     assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
     cold = res["cold_start"]

@@ -36,6 +36,8 @@ class TrainConfig:
     num_threads: int = 0             # 0 = torch default
     synthetic_users: int = 2000
     synthetic_items: int = 1500
+    synthetic_seed: int = 0          # the marketplace's seed, apart from `seed` (training), so
+                                     # several training seeds can be compared on one dataset
     version: str = ""                # model version written to metadata ("" = timestamp)
     cold_start_items: float = 0.0    # >0: hold this fraction of items out of training and report
                                      # their cold-start ranking from content (train/coldstart.py)

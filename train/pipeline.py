@@ -52,7 +52,8 @@ def load_data(cfg: TrainConfig):
     """-> (events, items or None, DropReport) in the canonical schema of train.events."""
     if cfg.data == "synthetic":
         from .synthetic import generate_marketplace
-        events, items = generate_marketplace(n_users=cfg.synthetic_users, n_items=cfg.synthetic_items, seed=cfg.seed)
+        events, items = generate_marketplace(n_users=cfg.synthetic_users, n_items=cfg.synthetic_items,
+                                            seed=cfg.synthetic_seed)
         return events, items, DropReport(rows_read=len(events))
     if Path(cfg.data).suffix in (".csv", ".parquet"):
         events, drops = load_events(cfg.data)
