@@ -47,7 +47,7 @@ ORDER = ["ml-latest-small", "synthetic", "amazon-beauty"]  # chart and table ord
 
 def git_commit() -> str:
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "model", "train", "bench"],
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "model", "train", "bench/ablation.py", "bench/configs"],
                            cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
