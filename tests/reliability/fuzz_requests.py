@@ -262,6 +262,8 @@ class _Gen:
                                                  self.r.choice(NASTY)])
             if self.r.random() < 0.3:
                 e["source"] = self.r.choice(["search", "home", "", None, self.r.choice(NASTY)])
+            if self.r.random() < 0.3:
+                e["strength"] = self.r.choice([4.5, 1, 0, -2.5, 1e300, None])
             out.append(e)
         return out
 
@@ -362,7 +364,7 @@ def _bad_event(g: _Gen) -> FuzzCase:
     d = g.valid()
     del d["history"][MAX_IDS - 1:]  # room for one more
     pos = r.randrange(len(d["history"]) + 1)
-    what = r.randrange(5)
+    what = r.randrange(6)
     if what == 0:
         e, frag = {"item_id": g.known_id(), "timestamp": r.choice(["yesterday", True, [1], {}])}, "timestamp must be a number"
     elif what == 1:
@@ -371,6 +373,8 @@ def _bad_event(g: _Gen) -> FuzzCase:
         e, frag = {"item_id": g.known_id(), "source": r.choice([1, 2.5, [], {}])}, "source must be a string"
     elif what == 3:
         e, frag = {"item_id": g.known_id(), r.choice(["price", "Item_Id", "", "😀", "__proto__"]): 1}, "unknown field(s)"
+    elif what == 5:
+        e, frag = {"item_id": g.known_id(), "strength": r.choice(["5", True, [4], {}])}, "strength must be a number"
     else:
         e, frag = r.choice([{}, {"timestamp": 1}, {"event_type": "view"}]), "needs 'item_id'"
     d["history"].insert(pos, e)
@@ -381,7 +385,7 @@ def _non_finite(g: _Gen) -> FuzzCase:
     """NaN and Infinity as JSON literals (Python's json writes them; the contract refuses them)."""
     r = g.r
     lit = r.choice(["NaN", "Infinity", "-Infinity"])
-    where = r.randrange(5)
+    where = r.randrange(6)
     hist = json.dumps(g.ids(r.randrange(0, 5)))[1:-1]
     sep = ", " if hist else ""
     if where == 0:
@@ -393,6 +397,9 @@ def _non_finite(g: _Gen) -> FuzzCase:
         return _bad("non_finite/now", f'{{"history": [{hist}], "now": {lit}}}'.encode(), "now must be a finite", "not valid JSON")
     if where == 3:
         return _bad("non_finite/k", f'{{"history": [], "k": {lit}}}'.encode(), "k must be an integer", "not valid JSON")
+    if where == 4:
+        return _bad("non_finite/strength", f'{{"history": [{{"item_id": 1, "strength": {lit}}}]}}'.encode(),
+                    "history[0].strength must be a finite", "not valid JSON")
     # 1e400 is valid JSON that overflows a double
     return _bad("non_finite/overflow", f'{{"history": [{{"item_id": 1, "timestamp": 1e400}}]}}'.encode(),
                 "history[0].timestamp", "out of range")
