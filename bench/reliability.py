@@ -3,6 +3,13 @@ token auth) under hostile input, load, faults and a rollout. Writes bench/result
 
     python bench/reliability.py                       # the full run, ~17 min on 2 cores
     python bench/reliability.py --soak-seconds 60 --fuzz 2000 --step-seconds 5   # a quick look
+    python bench/reliability.py --phases kill         # one phase (~2 min): merged into the file
+
+With --phases (a comma-separated subset of the names below), only those phases run, on the same
+server setup, and their results replace those phases' entries in the existing --out file: the other
+phases' figures and properties stay, and "phases" records the commit, date and load of the run
+that produced each phase. kill, rollout and down load the server at half the knee's requests/s:
+without ramp in the run, the knee comes from the file (or --fault-rate).
 
 Phases, in order, on one server (seqrec 1.0 the default, 2.0 loaded and parked at 0 workers):
   fuzz      --fuzz hostile/valid bodies + frontend-only cases from 8 clients: every bad one 4xx with
@@ -26,6 +33,7 @@ import argparse
 import datetime as dt
 import http.client
 import json
+import logging
 import os
 import platform
 import random
@@ -53,10 +61,18 @@ from ts_probes import (metric_sum, metrics_text, restarts_logged, server_process
 
 MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"
 PROPS: List[dict] = []
+PHASES = ("fuzz", "ramp", "soak", "kill", "rollout", "down")  # the order they run in
+# Where each phase's figures live in the result, and how its properties' names begin (files written
+# before properties carried their phase are matched by these prefixes).
+PHASE_KEYS = {"fuzz": ("fuzz",), "ramp": ("ramp",), "soak": ("soak",), "kill": ("kill_worker",),
+              "rollout": ("rollout",), "down": ("server_down",)}
+PHASE_PREFIXES = {"fuzz": ("fuzz:",), "ramp": ("load:",), "soak": ("soak:",), "kill": ("kill worker:",),
+                  "rollout": ("rollout:",), "down": ("server down:", "server back:")}
+_phase: Optional[str] = None  # the phase now running: its properties carry its name
 
 
 def prop(name: str, holds: bool, value, want: str) -> bool:
-    PROPS.append({"property": name, "holds": bool(holds), "value": value, "required": want})
+    PROPS.append({"property": name, "phase": _phase, "holds": bool(holds), "value": value, "required": want})
     print(f"  [{'ok' if holds else 'FAILS'}] {name}: {value} (required: {want})", flush=True)
     return holds
 
@@ -217,7 +233,8 @@ def summarize(records: List[dict]) -> dict:
 
 def sdk_client(ts: LocalTorchServe, fallback_ids) -> Client:
     """A client as the SDK README configures one: key file, default timeout (1 s connect, 2 s
-    read), 2 retries on connection errors and 503/504, popular items as the fallback."""
+    read), 2 retries on connection errors, 503/504 and TorchServe's "Worker died.", popular items
+    as the fallback."""
     return Client(ts.base_url, token_file=str(ts.key_file), retries=2, fallback=fallback_ids)
 
 
@@ -381,6 +398,17 @@ def phase_soak(ts, bodies, rate: float, clients: int, seconds: float) -> dict:
     return r
 
 
+class _KeepWarnings(logging.Handler):
+    """The SDK's fallback warnings (they carry the error: status, message), kept while it is attached."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: List[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage()[:300])
+
+
 def phase_kill_worker(ts, client, bodies, rate: float, seconds: float) -> dict:
     killed = {}
 
@@ -403,9 +431,19 @@ def phase_kill_worker(ts, client, bodies, rate: float, seconds: float) -> dict:
             time.sleep(0.25)
 
     restarts = restarts_logged(ts)
-    records = drive_sdk(client, bodies, 8, rate, seconds, during)
+    retries = client.stats.retries
+    sdk_log = logging.getLogger("seqrec_sdk")
+    keep, level = _KeepWarnings(), sdk_log.level
+    sdk_log.addHandler(keep)
+    sdk_log.setLevel(logging.WARNING)
+    try:
+        records = drive_sdk(client, bodies, 8, rate, seconds, during)
+    finally:
+        sdk_log.removeHandler(keep)
+        sdk_log.setLevel(level)
     s = summarize(records)
-    s.update(killed=killed, restart_lines=restarts_logged(ts) - restarts, timeline=timeline(records))
+    s.update(killed=killed, restart_lines=restarts_logged(ts) - restarts, timeline=timeline(records),
+             rate=rate, sdk_retries=client.stats.retries - retries, sdk_warnings=keep.messages[:10])
     s["failed_examples"] = [r for r in records if r["outcome"] != "ok"][:10]
     prop("kill worker: TorchServe restarts it", "ready_again_s" in killed,
          f"READY again after {killed.get('ready_again_s', float('nan')):.1f} s (new pid {killed.get('new_pids')})", "restarted")
@@ -497,8 +535,44 @@ def phase_down(ts: LocalTorchServe, client, bodies, rate: float, down_s: float, 
     return s, holder["ts"]
 
 
+def parse_phases(text: str) -> List[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if names == ["all"]:
+        return list(PHASES)
+    unknown = [x for x in names if x not in PHASES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown phase(s) {unknown}: choose from {', '.join(PHASES)} or all")
+    return [x for x in PHASES if x in names]
+
+
+def phase_of(p: dict) -> Optional[str]:
+    if p.get("phase"):
+        return p["phase"]
+    return next((ph for ph, pre in PHASE_PREFIXES.items() if p["property"].startswith(pre)), None)
+
+
+def merge(old: dict, new: dict, ran: List[str]) -> dict:
+    """`old` (a previous run's file) with the phases in `ran` replaced by `new`'s: figures,
+    properties and per-phase provenance; everything else of `old` kept as it was."""
+    out = dict(old)
+    if "phases" not in out:  # a file from before per-phase records: all its phases from one run
+        out["phases"] = {ph: {k: old.get(k) for k in ("commit", "dirty", "date_utc")}
+                         for ph in PHASES if any(k in old for k in PHASE_KEYS[ph])}
+    out["phases"] = {**out["phases"], **new["phases"]}
+    for ph in ran:
+        for k in PHASE_KEYS[ph]:
+            if k in new:
+                out[k] = new[k]
+    kept = [p for p in old.get("properties", []) if phase_of(p) not in ran]
+    fresh = [p for p in new["properties"] if p.get("phase") in ran]
+    out["properties"] = sorted(kept + fresh, key=lambda p: PHASES.index(phase_of(p)) if phase_of(p) in PHASES else len(PHASES))
+    out["failing"] = [p["property"] for p in out["properties"] if not p["holds"]]
+    out["note"] = ("merged: the top-level commit, date_utc, machine, setup and wall_s are those of the last "
+                   "full run; each phase's own run is under phases")
+    return out
+
+
 def main(argv=None) -> int:
-    import logging
     logging.getLogger("seqrec_sdk").setLevel(logging.ERROR)  # each fallback logs a WARNING; counted instead
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=50_000, help="catalogue size of the served export")
@@ -510,15 +584,27 @@ def main(argv=None) -> int:
     ap.add_argument("--job-queue-size", type=int, help="override config.properties' job_queue_size")
     ap.add_argument("--work", type=Path, default=Path("/tmp/seqrec_reliability"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "reliability.json")
+    ap.add_argument("--phases", type=parse_phases, default=list(PHASES),
+                    help=f"comma-separated subset of {','.join(PHASES)} (default all); a subset is merged into --out")
+    ap.add_argument("--fault-rate", type=float,
+                    help="requests/s of the SDK load in kill/rollout/down (default half the knee's)")
     args = ap.parse_args(argv)
+    phases = args.phases
+    subset = phases != list(PHASES)
+    previous = json.loads(args.out.read_text()) if subset and args.out.exists() else None
+    if "ramp" not in phases and not (previous or {}).get("ramp", {}).get("knee"):
+        if "soak" in phases or (args.fault_rate is None and {"kill", "rollout", "down"} & set(phases)):
+            ap.error(f"no ramp knee in {args.out} to size the load: add ramp to --phases (or give --fault-rate)")
     t_start = time.monotonic()
     queue = args.job_queue_size or shipped(ROOT / "config.properties", "job_queue_size", "=")
     workers, batch = shipped(MODEL_CONFIG, "minWorkers", ":"), shipped(MODEL_CONFIG, "batchSize", ":")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "handler", "config.properties", "archive.sh", "sdk",
+                                 "bench/reliability.py"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
     result = {
         "benchmark": "reliability",
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-        "dirty": bool(subprocess.run(["git", "status", "--porcelain", "handler", "config.properties", "archive.sh", "sdk"],
-                                     cwd=ROOT, capture_output=True, text=True).stdout.strip()),
+        "commit": commit,
+        "dirty": dirty,
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
                     "loadavg_start": os.getloadavg()},
@@ -530,11 +616,31 @@ def main(argv=None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
+    result["phases"] = {}
+    phase_t0: Dict[str, float] = {}
+
+    def begin(ph: str) -> bool:
+        """Whether `ph` runs; if so it is now the current phase (its properties carry its name)."""
+        global _phase
+        if ph not in phases:
+            return False
+        _phase = ph
+        phase_t0[ph] = time.monotonic()
+        result["phases"][ph] = {"commit": commit, "dirty": dirty,
+                                "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                "loadavg_start": os.getloadavg()}
+        print(ph, flush=True)
+        return True
+
     def save():
+        if _phase in phase_t0 and "wall_s" not in result["phases"][_phase]:  # just finished
+            result["phases"][_phase].update(wall_s=round(time.monotonic() - phase_t0[_phase], 1),
+                                            loadavg_end=os.getloadavg())
         result["properties"] = PROPS
         result["failing"] = [p["property"] for p in PROPS if not p["holds"]]
         result["wall_s"] = round(time.monotonic() - t_start, 1)
-        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        out = merge(previous, result, phases) if subset and previous is not None else result
+        args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
 
     # One export, two version labels: the arms of the rollout (same weights). The 1.0 copy is
     # also what the fuzz's oracle and in-process reference read.
@@ -567,28 +673,35 @@ def main(argv=None) -> int:
         print(f"server up (1.0 the default, 2.0 parked) after {time.monotonic() - t_start:.0f} s", flush=True)
         result["server"] = {"rss_at_start": server_rss_mb(ts), "processes": server_processes(ts)}
 
-        print("fuzz", flush=True)
-        result["fuzz"] = phase_fuzz(ts, export, args.fuzz)
-        save()
-        print("ramp", flush=True)
-        result["ramp"] = phase_ramp(ts, raw, args.step_seconds, queue, workers * batch)
-        save()
-        knee = result["ramp"]["knee"]
-        soak_rate = 0.7 * knee["ok_rps"]
-        print(f"soak at {soak_rate:.0f} req/s for {args.soak_seconds:.0f} s", flush=True)
-        result["soak"] = phase_soak(ts, raw, soak_rate, max(4, knee["clients"]), args.soak_seconds)
-        save()
-        fault_rate = 0.5 * knee["ok_rps"]
+        if begin("fuzz"):
+            result["fuzz"] = phase_fuzz(ts, export, args.fuzz)
+            save()
+        if begin("ramp"):
+            result["ramp"] = phase_ramp(ts, raw, args.step_seconds, queue, workers * batch)
+            save()
+        # The knee sizes the soak and the fault load: this run's ramp, else the file's (a subset run).
+        knee = (result.get("ramp") or (previous or {}).get("ramp") or {}).get("knee")
+        knee_from = "this run" if "ramp" in result else f"{args.out.name} (ramp of {(previous or {}).get('phases', {}).get('ramp', {}).get('commit') or (previous or {}).get('commit')})"
+        if begin("soak"):
+            soak_rate = 0.7 * knee["ok_rps"]
+            print(f"soak at {soak_rate:.0f} req/s for {args.soak_seconds:.0f} s", flush=True)
+            result["soak"] = phase_soak(ts, raw, soak_rate, max(4, knee["clients"]), args.soak_seconds)
+            save()
+        fault_rate = args.fault_rate if args.fault_rate is not None else (0.5 * knee["ok_rps"] if knee else None)
         client = sdk_client(ts, fallback_ids)
-        print("kill a worker", flush=True)
-        result["kill_worker"] = phase_kill_worker(ts, client, bodies, fault_rate, args.fault_seconds)
-        save()
-        print("rollout", flush=True)
-        result["rollout"] = phase_rollout(ts, client, bodies, fault_rate, args.fault_seconds)
-        save()
-        print("kill the server", flush=True)
-        result["server_down"], ts = phase_down(ts, client, bodies, min(fault_rate, 40.0), args.down_seconds, 10.0,
-                                               start_server)
+        if begin("kill"):
+            result["phases"]["kill"].update(fault_rate=fault_rate, knee_from=None if args.fault_rate else knee_from)
+            result["kill_worker"] = phase_kill_worker(ts, client, bodies, fault_rate, args.fault_seconds)
+            save()
+        if begin("rollout"):
+            result["phases"]["rollout"].update(fault_rate=fault_rate, knee_from=None if args.fault_rate else knee_from)
+            result["rollout"] = phase_rollout(ts, client, bodies, fault_rate, args.fault_seconds)
+            save()
+        if begin("down"):
+            result["phases"]["down"].update(fault_rate=min(fault_rate, 40.0))
+            print("(kill the server)", flush=True)
+            result["server_down"], ts = phase_down(ts, client, bodies, min(fault_rate, 40.0), args.down_seconds,
+                                                   10.0, start_server)
         client.close()
     finally:
         ts.stop()

@@ -1,9 +1,12 @@
 """HTTP plumbing: one session, one retry loop, tokens. Private: use :class:`seqrec_sdk.Client`.
 
 Retries happen here and nowhere else (urllib3's own retries are off), only where a repeat is
-safe and useful: connection errors (refused, reset, connect timeout) and 503/504. Never on 400,
-never on a read timeout (the server may still be working on it; retrying would double the load
-exactly when it is slow).
+safe and useful: connection errors (refused, reset, connect timeout), 503/504, and TorchServe's
+"Worker died." answer (500 or 507, see :func:`worker_died`): the batch a killed worker held,
+which another or the restarted worker answers. Never on 400, never on another 500 (the handler's
+own per-request error is deterministic: a repeat would only triple its latency), never on a read
+timeout (the server may still be working on it; retrying would double the load exactly when it is
+slow). Predictions are read-only, so a repeat is always safe; these rules only decide where it helps.
 """
 
 from __future__ import annotations
@@ -33,6 +36,17 @@ from .errors import (
 log = logging.getLogger("seqrec_sdk")
 
 RETRY_STATUSES = frozenset({503, 504})
+# When a worker process dies (SIGKILL, the OOM killer, a crash), TorchServe 0.12 answers every
+# request of the batch it held {"code": 500, "type": "InternalServerException", "message":
+# "Worker died."}; 507 with the same body when the worker's exit code was 137 (SIGKILL), which is
+# what a SIGKILL under load gives (frontend WorkerThread.run, finally block; RestJob.sendError
+# maps its internal 413 to 507). Those requests were never answered, not wrong: retried like a 503.
+# The handler's own 500 is {"type": "InternalServerError", "message": repr(exception)} for one
+# request and is not retried. A request that itself kills its worker is repeated at most
+# `retries` times.
+WORKER_DIED_STATUSES = frozenset({500, 507})
+WORKER_DIED_TYPE = "internalserverexception"
+WORKER_DIED_MESSAGE = "worker died"
 TOKEN_ENV = "SEQREC_TOKEN"
 TOKEN_FILE_ENV = "SEQREC_TOKEN_FILE"
 MANAGEMENT_TOKEN_ENV = "SEQREC_MANAGEMENT_TOKEN"
@@ -74,6 +88,21 @@ def read_key_file(path: str, kind: str) -> str:
     if not isinstance(key, str) or not key:
         raise AuthError(f"empty {kind} key in {path}")
     return key
+
+
+def worker_died(err: SeqrecError) -> bool:
+    """True for TorchServe's "Worker died." answer: status 500 or 507, JSON type
+    InternalServerException and message "Worker died." (case, spaces and the final dot aside)."""
+    return (
+        err.status in WORKER_DIED_STATUSES
+        and (err.error_type or "").strip().lower() == WORKER_DIED_TYPE
+        and err.message.strip().rstrip(".").strip().lower() == WORKER_DIED_MESSAGE
+    )
+
+
+def retryable(err: SeqrecError) -> bool:
+    """The one retry rule for an HTTP error answer (connection errors are decided in the loop)."""
+    return err.status in RETRY_STATUSES or worker_died(err)
 
 
 class TokenSource:
@@ -194,9 +223,9 @@ class Transport:
                         self._on_token_reload()
                         log.info("seqrec: key refused by %s, retrying with the re-read key", url)
                         continue
-                if resp.status_code not in RETRY_STATUSES or attempt >= max_retries:
+                if not retryable(err) or attempt >= max_retries:
                     raise err from e
-                cause: Exception = e
+                cause: Exception = err
             except requests.ConnectTimeout as e:  # before ConnectionError: it is both
                 if attempt >= max_retries:
                     raise Timeout(f"connect timeout: {e}", url=url, request_id=request_id) from e

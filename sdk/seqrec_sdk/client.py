@@ -88,7 +88,8 @@ class Client:
             when the server refuses the key, e.g. after rotation). Neither: $SEQREC_TOKEN, then
             $SEQREC_TOKEN_FILE, else no Authorization header.
         timeout: seconds, or (connect, read); applies to every call.
-        retries: extra attempts on connection errors and 503/504 (or a :class:`RetryPolicy`).
+        retries: extra attempts on connection errors, 503/504 and TorchServe's "Worker died."
+            (500/507: the batch of a killed worker), or a :class:`RetryPolicy`.
         session: a ``requests.Session`` to use (the caller keeps ownership: not closed here).
         pool_size: connections kept to the server; also recommend_many's default threads.
         experiments: :class:`Experiment` s; a user's request goes to the version of the first

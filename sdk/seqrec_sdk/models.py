@@ -206,7 +206,7 @@ class ClientStats:
     requests: int = 0  # recommend() calls
     ok: int = 0  # answered by the server
     errors: int = 0  # raised to the caller
-    retries: int = 0  # extra HTTP attempts after a connection error or 503/504
+    retries: int = 0  # extra HTTP attempts: connection error, 503/504, "Worker died."
     fallbacks: int = 0
     fallback_reasons: Mapping[str, int] = field(default_factory=dict)
     token_reloads: int = 0  # token file re-read after the server refused the key

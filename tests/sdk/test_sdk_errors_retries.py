@@ -48,7 +48,8 @@ def test_bad_request_carries_server_message_and_is_not_retried(server, sleeps):
      ModelNotFound),
     (413, None, BadRequest),
     (429, None, Overloaded),
-    (500, {"code": 500, "type": "InternalServerException", "message": "Worker died."}, ServerError),
+    (500, {"code": 500, "type": "InternalServerError",
+           "message": "RuntimeError('scoring failed')"}, ServerError),  # the handler's own 500
     (507, None, ServerError),
     (408, None, Timeout),
     (418, "teapot", SeqrecError),
@@ -81,6 +82,87 @@ def test_503_then_success_returns_the_answer(server, sleeps):
     with Client(server.url, retries=2) as client:
         recs = client.recommend([1, 2, 3], k=3)
     assert len(recs.items) == 3 and len(predictions(server)) == 3 and len(sleeps) == 2
+
+
+# TorchServe 0.12's answer to each request of the batch a dying worker held (pretty-printed by
+# its frontend): 500, or 507 when the worker's exit code was 137 (SIGKILL).
+WORKER_DIED = '{\n  "code": %d,\n  "type": "InternalServerException",\n  "message": "Worker died."\n}'
+
+
+@pytest.mark.parametrize("status", [500, 507])
+def test_worker_died_is_retried_then_succeeds(server, sleeps, status):
+    server.script(Reply(status, WORKER_DIED % status), Reply(status, WORKER_DIED % status))
+    with Client(server.url, retries=2) as client:
+        recs = client.recommend([1, 2, 3], k=3)
+        assert client.stats.retries == 2 and client.stats.errors == 0
+    assert len(recs.items) == 3 and not recs.fallback
+    assert len(predictions(server)) == 3 and len(sleeps) == 2
+    ids = {r.headers["x-request-id"] for r in predictions(server)}
+    assert len(ids) == 1  # one logical request, repeated
+
+
+def test_worker_died_backoff_is_the_503_backoff(server, sleeps):
+    policy = RetryPolicy(retries=4, backoff_base=0.1, backoff_max=0.3)
+    server.script(*[Reply(500, WORKER_DIED % 500)] * 4)
+    with Client(server.url, retries=policy) as client:
+        client.recommend([1])
+    for attempt, slept in enumerate(sleeps):
+        d = min(0.3, 0.1 * 2 ** attempt)
+        assert d / 2 <= slept <= d
+    assert len(sleeps) == 4
+
+
+@pytest.mark.parametrize("body", [
+    {"code": 500, "type": "InternalServerException", "message": "worker died"},
+    {"code": 500, "type": "internalserverexception", "message": "  WORKER DIED.  "},
+])
+def test_worker_died_is_recognised_whatever_the_case(server, sleeps, body):
+    server.script(Reply(500, body))
+    with Client(server.url, retries=1) as client:
+        client.recommend([1])
+    assert len(predictions(server)) == 2 and len(sleeps) == 1
+
+
+@pytest.mark.parametrize("status, body", [
+    # the handler's per-request 500: deterministic, even if its text mentions a dead worker
+    (500, {"code": 500, "type": "InternalServerError", "message": "RuntimeError('Worker died.')"}),
+    (500, {"code": 500, "type": "InternalServerError", "message": "Worker died."}),
+    # the frontend's other 500s and an out-of-memory 507 are not a dead worker either
+    (500, {"code": 500, "type": "InternalServerException", "message": "Failed to load model"}),
+    (500, {"code": 500, "type": "InternalServerException", "message": "Worker died. Retry later"}),
+    (507, {"code": 507, "type": "InternalServerException", "message": "Out of memory"}),
+    (500, "Worker died."),  # not TorchServe's JSON: a proxy's page, say
+    (502, {"code": 502, "type": "InternalServerException", "message": "Worker died."}),
+])
+def test_other_server_errors_are_raised_at_once(server, sleeps, status, body):
+    server.script(Reply(status, body), Reply(200, {"items": []}))
+    with Client(server.url, retries=3) as client:
+        with pytest.raises(ServerError) as info:
+            client.recommend([1])
+        assert client.stats.retries == 0 and client.stats.errors == 1
+    assert info.value.status == status
+    assert len(predictions(server)) == 1 and sleeps == []
+
+
+def test_worker_died_retries_exhausted_raise_server_error(server, sleeps):
+    server.script(*[Reply(507, WORKER_DIED % 507)] * 10)
+    with Client(server.url, retries=2) as client:
+        with pytest.raises(ServerError) as info:
+            client.recommend([1])
+        assert client.stats.retries == 2 and client.stats.errors == 1
+    err = info.value
+    assert err.status == 507 and err.message == "Worker died."
+    assert err.error_type == "InternalServerException" and "Worker died." in str(err)
+    assert isinstance(err.__cause__, requests.HTTPError)
+    assert len(predictions(server)) == 3 and len(sleeps) == 2
+
+
+def test_worker_died_with_fallback_retries_before_falling_back(server, sleeps):
+    server.script(*[Reply(500, WORKER_DIED % 500)] * 2)
+    with Client(server.url, retries=2, fallback=[7, 8, 9]) as client:
+        recs = client.recommend([1], k=3)
+        assert client.stats.fallbacks == 0
+    assert not recs.fallback and len(predictions(server)) == 3
 
 
 def test_backoff_grows_exponentially_with_jitter_and_cap(server, sleeps):
