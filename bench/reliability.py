@@ -644,8 +644,13 @@ def main(argv=None) -> int:
 
     # One export, two version labels: the arms of the rollout (same weights). The 1.0 copy is
     # also what the fuzz's oracle and in-process reference read.
-    export = relabel(build_export(args.items, args.work / f"export_{args.items}"), "1.0",
-                     args.work / f"export_{args.items}_v1.0")
+    # The export is cached in --work, keyed by the committed model/ and train/ trees: an export
+    # built by older training code can fail the handler's load-time checks (all workers down).
+    code = subprocess.run(["git", "rev-parse", "HEAD:model", "HEAD:train"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.split()
+    tag = "".join(h[:6] for h in code) or "nogit"
+    export = relabel(build_export(args.items, args.work / f"export_{args.items}_{tag}"), "1.0",
+                     args.work / f"export_{args.items}_{tag}_v1.0")
     store = args.work / "model_store"
     archive(export, store, MODEL_CONFIG, version="2.0")
     archive(export, store, MODEL_CONFIG)
