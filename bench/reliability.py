@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gzip
 import http.client
 import json
 import logging
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,7 +58,7 @@ from fuzz_requests import Catalog, check_answer, generate, http_cases, same_rank
 from handler.local_server import LocalTorchServe, archive, free_ports  # noqa: E402
 from seqrec_sdk import Client, SeqrecError  # noqa: E402
 from serve_bench import build_export, request_bodies  # noqa: E402
-from ts_probes import (metric_sum, metrics_text, restarts_logged, server_processes,  # noqa: E402
+from ts_probes import (_RESTART_LINES, metric_sum, metrics_text, server_processes,  # noqa: E402
                        server_rss_mb, worker_pids)
 
 MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"
@@ -75,6 +77,16 @@ def prop(name: str, holds: bool, value, want: str) -> bool:
     PROPS.append({"property": name, "phase": _phase, "holds": bool(holds), "value": value, "required": want})
     print(f"  [{'ok' if holds else 'FAILS'}] {name}: {value} (required: {want})", flush=True)
     return holds
+
+
+def restarts_logged(ts) -> int:
+    """ts_probes.restarts_logged over ts_log.log and the files log4j rolled it into: a long run
+    rolls the log over, and a count over ts_log.log alone then drops (it read -262 once)."""
+    n = 0
+    for f in sorted((ts.dir / "logs").glob("ts_log*")):
+        with (gzip.open if f.suffix == ".gz" else open)(f, "rt", errors="replace") as fh:
+            n += sum(1 for line in fh if _RESTART_LINES.search(line))
+    return n
 
 
 def pct(xs, q):
@@ -241,7 +253,6 @@ def sdk_client(ts: LocalTorchServe, fallback_ids) -> Client:
 def relabel(export: Path, version: str, out: Path) -> Path:
     """A copy of an export whose metadata.json says model_version=version (files are hashed,
     metadata.json is not)."""
-    import shutil
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(export, out, ignore=shutil.ignore_patterns("train"))
     meta = json.loads((out / "metadata.json").read_text())
@@ -665,6 +676,7 @@ def main(argv=None) -> int:
         return LocalTorchServe(store, models, workdir=args.work / "server", ports=ports, settings=settings,
                                env={"SEQREC_THREADS": None}).start()
 
+    shutil.rmtree(args.work / "server" / "logs", ignore_errors=True)  # this run's logs only
     bodies = request_bodies(export)
     raw = [json.dumps(b).encode() for b in bodies]
     items = Catalog.from_export(export)
