@@ -56,7 +56,11 @@ def percentiles(xs_ms):
 def build_export(n: int, out: Path) -> Path:
     """A scripted SequenceModel over n items (random unit vectors), 95% available."""
     meta = out / "metadata.json"
-    if meta.exists() and json.loads(meta.read_text()).get("num_items") == n:
+    # Keyed by the committed model/ tree too: an export scripted by older model code may not load
+    # in this handler (e.g. the encode_events signature check).
+    code = subprocess.run(["git", "rev-parse", "HEAD:model"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    if meta.exists() and json.loads(meta.read_text()).get("num_items") == n \
+            and json.loads(meta.read_text()).get("model_code") == code:
         return out
     from model import ModelConfig, SequenceModel
     from train.export import export_model
@@ -70,7 +74,7 @@ def build_export(n: int, out: Path) -> Path:
     items = pd.DataFrame({"item_id": index.ids.to_numpy(), "available": rng.random(n) < 0.95})
     popularity = rng.zipf(1.5, n).clip(max=10 ** 6)
     model = SequenceModel(ModelConfig(num_items=n, total_length=HISTORY))
-    export_model(model, index, popularity, out, items=items, metadata={"model_version": f"bench{n}"})
+    export_model(model, index, popularity, out, items=items, metadata={"model_version": f"bench{n}", "model_code": code})
     return out
 
 

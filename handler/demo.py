@@ -42,7 +42,7 @@ def demo_users(meta: dict, items: pd.DataFrame, n: int = USERS) -> pd.DataFrame:
         raise SystemExit(f"demo.py: the export was trained on {cfg.get('data')!r}; the demo needs one "
                          "trained on the synthetic marketplace (make train-demo)")
     events, _ = generate_marketplace(n_users=cfg["synthetic_users"], n_items=cfg["synthetic_items"],
-                                     seed=cfg["seed"])
+                                     seed=cfg.get("synthetic_seed", 0))
     # Users whose held-out item could be recommended at all: new to them (exclude_seen) and still
     # for sale at the end of the log (sold items are never served; over half of the held-out
     # items are sold by then).

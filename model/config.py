@@ -33,7 +33,7 @@ class ModelConfig:
     sources: List[str] = field(default_factory=list)
     use_strength: bool = False         # interaction strength (e.g. a rating), bucketed
     strength_edges: List[float] = field(default_factory=list)  # bucket id = 2 + #edges <= value;
-                                       # empty: taken from the training events (features.strength_edges)
+                                       # empty: taken from the training events (train.pipeline.strength_edges)
     strength_buckets: int = 16         # at most this many buckets when edges come from the data
     feature_dim: int = 16              # size of each per-event feature embedding
     feature_dropout: float = 0.05      # training: P(an event feature is replaced by "unknown"), so

@@ -201,8 +201,8 @@ def _read_csv(path, dtype, malformed: list) -> pd.DataFrame:
 def _strengths(values: pd.Series, origin: str) -> pd.Series:
     """float64; NaN (the model's "unknown" strength) for missing values and for anything that is not
     a finite number, which is logged with a count rather than dropping the event."""
-    if pd.api.types.is_bool_dtype(values):
-        values = values.astype("float64")
+    if pd.api.types.is_bool_dtype(values):  # as over HTTP: true is not a number
+        values = pd.Series(np.nan, index=values.index).where(values.isna(), "bool")
     out = pd.to_numeric(values, errors="coerce").astype("float64")
     out = out.where(np.isfinite(out))
     bad = int((out.isna() & values.notna()).sum())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -51,9 +52,14 @@ class Event:
 
     def __post_init__(self) -> None:
         # JSON has no NaN or infinity: fail here, not as a 400 after a round trip.
-        if self.strength is not None and (isinstance(self.strength, bool)
-                                          or not isinstance(self.strength, (int, float))
-                                          or not math.isfinite(self.strength)):
+        if self.strength is None:
+            return
+        ok = isinstance(self.strength, numbers.Real) and not isinstance(self.strength, bool)
+        try:  # numpy scalars are Real too; 10**400 overflows a float
+            ok = ok and math.isfinite(float(self.strength))
+        except OverflowError:
+            ok = False
+        if not ok:
             raise ValueError(f"Event.strength must be a finite number, got {self.strength!r}")
 
     def to_json(self) -> Dict[str, Any]:
@@ -65,7 +71,7 @@ class Event:
         if self.source is not None:
             out["source"] = self.source
         if self.strength is not None:
-            out["strength"] = self.strength
+            out["strength"] = float(self.strength)
         return out
 
 

@@ -70,7 +70,7 @@ def test_optional_fields_are_omitted_and_events_serialised(server):
     assert body["exclude_seen"] is False and body["now"] == 1704240000.0  # naive = UTC
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "5", True])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "5", True, 10 ** 400])
 def test_event_strength_must_be_a_finite_number(bad):
     with pytest.raises(ValueError, match="Event.strength must be a finite number"):
         Event(1, strength=bad)
