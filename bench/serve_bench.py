@@ -59,8 +59,8 @@ def build_export(n: int, out: Path) -> Path:
     # Keyed by the committed model/ tree too: an export scripted by older model code may not load
     # in this handler (e.g. the encode_events signature check).
     code = subprocess.run(["git", "rev-parse", "HEAD:model"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    if meta.exists() and json.loads(meta.read_text()).get("num_items") == n \
-            and json.loads(meta.read_text()).get("model_code") == code:
+    old = json.loads(meta.read_text()) if meta.exists() else {}
+    if (old.get("num_items"), old.get("model_code")) == (n, code):
         return out
     from model import ModelConfig, SequenceModel
     from train.export import export_model
