@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt sdk/pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml sdk/pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
 DEMO_DIR := artifacts/demo
 SERVE_DIR := artifacts/serve
 
@@ -10,10 +10,10 @@ SERVE_DIR := artifacts/serve
 
 setup: $(STAMP) java
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml sdk/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
-	if [ -f sdk/pyproject.toml ]; then $(PY) -m pip install -q -e ./sdk; fi
+	$(PY) -m pip install -q --no-deps -e . -e ./sdk
 	rm -f $(VENV)/.installed-*; touch $@
 
 # TorchServe's frontend is Java 17.
@@ -30,7 +30,7 @@ train-demo: setup
 
 # Archive, start TorchServe on free ports, recommendations for 3 users through the SDK, stop.
 demo: train-demo
-	$(PY) handler/demo.py $(DEMO_DIR)
+	$(PY) -m devtools.demo $(DEMO_DIR)
 
 # The demo export, trained only when missing (make train-demo retrains).
 $(DEMO_DIR)/metadata.json:
@@ -38,25 +38,25 @@ $(DEMO_DIR)/metadata.json:
 
 # TorchServe on config.properties' ports with the demo model, left running; `make stop` ends it.
 serve: setup $(DEMO_DIR)/metadata.json
-	$(PY) handler/serve.py $(DEMO_DIR) --workdir $(SERVE_DIR)
+	$(PY) -m devtools.serve $(DEMO_DIR) --workdir $(SERVE_DIR)
 
 stop:
-	$(PY) handler/serve.py --stop --workdir $(SERVE_DIR)
+	$(PY) -m devtools.serve --stop --workdir $(SERVE_DIR)
 
 bench-quality: setup
-	$(PY) bench/quality.py
+	$(PY) -m bench.quality
 
 bench-negatives: setup
-	$(PY) bench/negatives.py
+	$(PY) -m bench.negatives
 
 bench-ablation: setup
-	$(PY) bench/ablation.py
+	$(PY) -m bench.ablation
 
 bench-reliability: setup
-	$(PY) bench/reliability.py
+	$(PY) -m bench.reliability
 
 bench-serve: setup
-	$(PY) bench/serve_bench.py
+	$(PY) -m bench.serve_bench
 
 bench-sdk: setup
-	$(PY) bench/sdk_overhead.py
+	$(PY) -m bench.sdk_overhead

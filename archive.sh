@@ -89,8 +89,13 @@ mkdir -p "$OUT"
 # our symlink to an older version's archive.
 TMP="$(mktemp -d "$OUT/.archive.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
-EXTRA="$HERE/handler/seqrec_contract.py,$HERE/handler/seqrec_scoring.py,$HERE/handler/seqrec_catalogue.py"
-EXTRA+=",$EXPORT/item_vectors.npy,$EXPORT/items.parquet,$EXPORT/metadata.json"
+# handler/ is exactly what the archive carries: every file in it (the handler is --handler, the
+# model YAML --config-file, the rest are extra files), so there is no list of modules to keep here.
+EXTRA=""
+for f in "$HERE"/handler/*; do
+    [[ -f "$f" && "$f" != "$HERE/handler/seqrec_handler.py" ]] && EXTRA+="$f,"
+done
+EXTRA+="$EXPORT/item_vectors.npy,$EXPORT/items.parquet,$EXPORT/metadata.json"
 "$ARCHIVER" --model-name "$NAME" --version "$VERSION" \
     --serialized-file "$EXPORT/model.pt" \
     --handler "$HERE/handler/seqrec_handler.py" \

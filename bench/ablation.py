@@ -31,13 +31,12 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from train.config import TrainConfig  # noqa: E402
-from train.datasets import data_dir  # noqa: E402
-from train.evaluate import evaluate_ranking, model_scorer  # noqa: E402
-from train.pipeline import prepare, run  # noqa: E402
-from train.sequences import encode_cases  # noqa: E402
+from train.config import TrainConfig
+from train.datasets import data_dir
+from train.evaluate import evaluate_ranking, model_scorer
+from train.pipeline import prepare, run
+from train.sequences import encode_cases
 
 log = logging.getLogger("ablation")
 METRICS = ("HR@10", "NDCG@10")

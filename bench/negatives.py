@@ -15,11 +15,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.quality import git_commit  # noqa: E402
-from train.config import load_config  # noqa: E402
-from train.pipeline import run  # noqa: E402
+from bench.quality import git_commit
+from train.config import load_config
+from train.pipeline import run
 
 # Early-stopped models only (no refit): the comparison needs equal conditions, not the best number.
 VARIANTS = {"uniform": ["negatives=uniform"],

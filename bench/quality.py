@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from train.config import load_config  # noqa: E402
-from train.datasets import data_dir  # noqa: E402
-from train.pipeline import run  # noqa: E402
+from train.config import load_config
+from train.datasets import data_dir
+from train.pipeline import run
 
 KEYS = [f"{m}@{k}" for k in (1, 5, 10, 20) for m in ("HR", "NDCG", "MRR")]
 

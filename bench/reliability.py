@@ -20,7 +20,7 @@ Phases, in order, on one server (seqrec 1.0 the default, 2.0 loaded and parked a
             past job_queue_size (+ what the workers hold): 503s expected, never unbounded latency;
   soak      --soak-seconds at 70% of the knee's requests/s (paced): zero errors, RSS growth < 5%;
   kill      SIGKILL one worker (its pid) under SDK load: TorchServe restarts it; failed SDK calls;
-  rollout   under SDK load: handler/rollout.py --to 2.0 --from 1.0 (scale up, smoke test,
+  rollout   under SDK load: ops/rollout.py --to 2.0 --from 1.0 (scale up, smoke test,
             set-default, drain, scale 1.0 to 0): zero failed calls;
   down      SIGKILL the whole server under SDK load, restart it on the same ports: the same Client
             serves flagged fallbacks while it is down and real answers once it is back.
@@ -51,14 +51,12 @@ from typing import Dict, List, Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "handler"), str(ROOT / "bench"),
-                str(ROOT / "tests" / "reliability"), str(ROOT / "tests" / "handler")]
 
-from fuzz_requests import Catalog, check_answer, generate, http_cases, same_ranking, worker_input  # noqa: E402
-from handler.local_server import LocalTorchServe, archive, free_ports  # noqa: E402
-from seqrec_sdk import Client, SeqrecError  # noqa: E402
-from serve_bench import build_export, request_bodies  # noqa: E402
-from ts_probes import (_RESTART_LINES, metric_sum, metrics_text, server_processes,  # noqa: E402
+from devtools.fuzz_requests import Catalog, check_answer, generate, http_cases, same_ranking, worker_input
+from devtools.local_server import LocalTorchServe, archive, free_ports
+from seqrec_sdk import Client, SeqrecError
+from bench.serve_bench import build_export, request_bodies
+from devtools.ts_probes import (_RESTART_LINES, metric_sum, metrics_text, server_processes,
                        server_rss_mb, worker_pids)
 
 MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"
@@ -263,7 +261,7 @@ def relabel(export: Path, version: str, out: Path) -> Path:
 
 # ---- phases
 def phase_fuzz(ts, export, n: int) -> dict:
-    from handler_fixtures import load_handler, run_batch
+    from devtools.inprocess import load_handler, run_batch
 
     cat = Catalog.from_export(export)
     cases = list(generate(cat, n, seed=11)) + http_cases(cat, seed=11)
@@ -472,7 +470,7 @@ def _describe(ts, version="all"):
 
 
 def rollout_cmd(ts, *args) -> List[str]:
-    return [sys.executable, str(ROOT / "handler" / "rollout.py"), "--management", ts.management_url,
+    return [sys.executable, str(ROOT / "ops" / "rollout.py"), "--management", ts.management_url,
             "--inference", ts.base_url, "--key-file", str(ts.key_file), *args]
 
 
@@ -494,7 +492,7 @@ def phase_rollout(ts, client, bodies, rate: float, seconds: float) -> dict:
     s.update(rollout=run, timeline=timeline(records), versions_before=dict(Counter(before)), versions_after=dict(Counter(after)), workers_after=workers,
              failed_examples=[r for r in records if r["outcome"] != "ok"][:10])
     print(run.get("log", ""), flush=True)
-    prop("rollout: handler/rollout.py succeeds under load", run.get("rc") == 0, f"rc={run.get('rc')} in {run.get('end_s', 0) - run.get('start_s', 0):.1f} s", "rc=0")
+    prop("rollout: ops/rollout.py succeeds under load", run.get("rc") == 0, f"rc={run.get('rc')} in {run.get('end_s', 0) - run.get('start_s', 0):.1f} s", "rc=0")
     prop("rollout: zero failed requests", s["failed"] == 0, f"{s['failed']} of {s['calls']} ({s['reasons']})", "0")
     prop("rollout: traffic moved from 1.0 to 2.0, 1.0 retired",
          set(before) == {"1.0"} and set(after) == {"2.0"} and workers.get("1.0") == 0,

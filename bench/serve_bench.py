@@ -38,10 +38,9 @@ import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "handler")]
 
-from handler.local_server import LocalTorchServe, archive  # noqa: E402
-from seqrec_scoring import chunked_topk, plain_topk  # noqa: E402
+from devtools.local_server import LocalTorchServe, archive
+from handler.seqrec_scoring import chunked_topk, plain_topk
 
 HISTORY, K = 50, 10
 
@@ -116,7 +115,7 @@ def _sync(device):
 
 # ---- in process: the handler exactly as TorchServe calls it
 def bench_in_process(export: Path, bodies, device: str, batch_sizes, thread_counts, seconds: float):
-    from seqrec_handler import SeqrecHandler
+    from handler.seqrec_handler import SeqrecHandler
     from ts.context import Context, RequestProcessor
 
     gpu_id = (int(device.split(":")[1]) if ":" in device else 0) if device.startswith("cuda") else None

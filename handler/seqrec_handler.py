@@ -25,10 +25,14 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-# Helpers travel in the .mar as extra files and land flat in model_dir, which is on sys.path.
-from seqrec_catalogue import MODEL_FILE, Catalogue, verify_export
-from seqrec_contract import BadRequest, Request, normalise_ids, parse_request
-from seqrec_scoring import chunked_topk
+if __package__:  # imported as handler.seqrec_handler (tests, benchmarks, devtools)
+    from .seqrec_catalogue import MODEL_FILE, Catalogue, verify_export
+    from .seqrec_contract import BadRequest, Request, normalise_ids, parse_request
+    from .seqrec_scoring import chunked_topk
+else:  # TorchServe: the archive's files land flat in model_dir, the worker's import path
+    from seqrec_catalogue import MODEL_FILE, Catalogue, verify_export
+    from seqrec_contract import BadRequest, Request, normalise_ids, parse_request
+    from seqrec_scoring import chunked_topk
 
 log = logging.getLogger(__name__)
 

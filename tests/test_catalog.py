@@ -87,8 +87,7 @@ def test_rebuild_adds_new_items_marks_sold_and_checksums(content_export, tmp_pat
 
 
 def test_new_export_loads_in_the_handler_catalogue(content_export, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "handler"))
-    seqrec_catalogue = pytest.importorskip("seqrec_catalogue")
+    from handler import seqrec_catalogue
     old_items = pd.read_parquet(content_export / "items.parquet")
     rebuild(content_export, update_table(old_items), tmp_path / "v2", "1.1")
     meta = seqrec_catalogue.verify_export(tmp_path / "v2")

@@ -2,7 +2,7 @@
 a tiny trained export and one server with two versions of it.
 
 A uniquely named module, not a conftest: importable from any test folder (tests/ is on sys.path
-through tests/conftest.py). The server itself is handler/local_server.py.
+through tests/conftest.py). The server itself is devtools/local_server.py.
 """
 import shutil
 import subprocess
@@ -14,10 +14,7 @@ from typing import Iterator, Sequence, Tuple
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from handler.local_server import LocalTorchServe, archive  # noqa: E402
+from devtools.local_server import LocalTorchServe, archive
 
 requires_java = pytest.mark.skipif(
     shutil.which("java") is None,

@@ -1,25 +1,13 @@
-"""Helpers for handler tests: small export directories and TorchServe's own Context objects.
-
-A uniquely named module (not conftest) so test files can import it whatever other conftest.py
-the session has loaded. The handler's helpers are imported flat (`import seqrec_contract`), exactly
-as TorchServe imports them from model_dir, so handler/ goes on sys.path here.
+"""Small export directories for handler tests; the in-process TorchServe harness is
+devtools/inprocess.py (re-exported here for the test files).
 """
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-HANDLER_DIR = ROOT / "handler"
-for p in (str(ROOT), str(HANDLER_DIR)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-from ts.context import Context, RequestProcessor  # noqa: E402
-from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl  # noqa: E402
+from devtools.inprocess import load_handler, make_context, run_batch  # noqa: F401 (re-exported)
 
 NUM_ITEMS = 300
 TOTAL_LENGTH = 20
@@ -44,36 +32,3 @@ def make_export(out_dir: Path, num_items: int = NUM_ITEMS, str_ids: bool = False
     model = SequenceModel(ModelConfig(num_items=len(idx), total_length=TOTAL_LENGTH, **model_config))
     export_model(model, idx, popularity, out_dir, items=items, metadata={"model_version": version})
     return out_dir
-
-
-def make_context(model_dir: Path, yaml_config=None) -> Context:
-    metrics = MetricsCacheYamlImpl(str(HANDLER_DIR / "metrics.yaml"))
-    metrics.initialize_cache()
-    metrics.model_name = "seqrec"
-    ctx = Context("seqrec", str(model_dir), {"model": {"modelName": "seqrec"}}, 8, None, "0.12.0",
-                  metrics=metrics, model_yaml_config=yaml_config or {})
-    return ctx
-
-
-def run_batch(handler, ctx: Context, bodies):
-    """What TorchServe's service.predict does around handle(): per-request processors and ids."""
-    ctx.request_processor = [RequestProcessor({}) for _ in bodies]
-    ctx.request_ids = {i: f"req-{i}" for i in range(len(bodies))}
-    if ctx.metrics is not None:
-        ctx.metrics.request_ids = ctx.request_ids
-    data = [{"body": b} for b in bodies]
-    return handler.handle(data, ctx)
-
-
-def load_handler(model_dir: Path):
-    """initialize() as TorchServe calls it, with one torch thread (conftest restores the count)."""
-    from seqrec_handler import SeqrecHandler
-
-    os.environ["SEQREC_THREADS"] = "1"
-    try:
-        h = SeqrecHandler()
-        ctx = make_context(model_dir)
-        h.initialize(ctx)
-    finally:
-        del os.environ["SEQREC_THREADS"]
-    return h, ctx

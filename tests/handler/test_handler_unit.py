@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from handler_fixtures import TOTAL_LENGTH, load_handler, make_export, run_batch
-from seqrec_scoring import chunked_topk, plain_topk
+from handler.seqrec_scoring import chunked_topk, plain_topk
 from ts.context import RequestProcessor
 
 
@@ -361,7 +361,7 @@ def test_missing_or_unlisted_file_fails_at_load(export_dir, tmp_path):
 
 
 def test_threads_follow_workers(export_dir, monkeypatch):
-    from seqrec_handler import SeqrecHandler
+    from handler.seqrec_handler import SeqrecHandler
 
     cores = len(__import__("os").sched_getaffinity(0))
     for workers in (1, 2, 64):

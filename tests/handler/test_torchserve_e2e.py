@@ -2,7 +2,7 @@
 
     .venv/bin/python -m pytest -q tests/handler/test_torchserve_e2e.py
 
-One server for the module (handler/local_server.py: free loopback ports, its own directory for
+One server for the module (devtools/local_server.py: free loopback ports, its own directory for
 key_file.json, logs/ and TMPDIR/TEMP), with two versions of a tiny trained model; the fixture
 stops exactly the server it started, even when a test fails.
 """

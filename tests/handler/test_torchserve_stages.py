@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from torchserve_fixtures import ROOT, requires_java, tiny_export
 
-from handler.local_server import LocalTorchServe, archive
+from devtools.local_server import LocalTorchServe, archive
 
 pytestmark = requires_java
 

@@ -1,14 +1,7 @@
 """Fixtures for the reliability suite: the handler helpers of tests/handler, and torch's thread
 count given back after a handler's initialize() set it (as a TorchServe worker should)."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-HANDLER_TESTS = Path(__file__).resolve().parents[1] / "handler"
-if str(HANDLER_TESTS) not in sys.path:
-    sys.path.insert(0, str(HANDLER_TESTS))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,7 +19,7 @@ MODEL_YAML = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 5\nresp
 def grpc_ports() -> dict:
     """TorchServe always starts its gRPC APIs too, on 7070/7071 unless told otherwise, and
     LocalTorchServe does not move them: free ports, so that two servers (or `make serve`) coexist."""
-    from handler.local_server import free_ports
+    from devtools.local_server import free_ports
 
     inference, management = free_ports(2)
     return {"grpc_inference_port": str(inference), "grpc_management_port": str(management)}
@@ -40,7 +33,7 @@ def served(tmp_path_factory):
 
     if shutil.which("java") is None:
         pytest.skip("java not on PATH: TorchServe's frontend needs Java 17 (`make test` installs it)")
-    from handler.local_server import LocalTorchServe, archive
+    from devtools.local_server import LocalTorchServe, archive
     from handler_fixtures import make_export
 
     work = tmp_path_factory.mktemp("reliability_torchserve")

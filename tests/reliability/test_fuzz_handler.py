@@ -12,7 +12,7 @@ import random
 from collections import Counter
 
 import pytest
-from fuzz_requests import Catalog, check_answer, generate, same_ranking, worker_input
+from devtools.fuzz_requests import Catalog, check_answer, generate, same_ranking, worker_input
 from handler_fixtures import load_handler, make_export, run_batch
 
 N_INT, N_STR = 8000, 2500  # int ids (the common case) and string ids

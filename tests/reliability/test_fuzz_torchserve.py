@@ -14,9 +14,9 @@ from collections import Counter
 
 import pytest
 import requests
-from fuzz_requests import Catalog, check_answer, generate, http_cases, same_ranking, worker_input
+from devtools.fuzz_requests import Catalog, check_answer, generate, http_cases, same_ranking, worker_input
 from handler_fixtures import load_handler, run_batch
-from ts_probes import metric_sum, metrics_text, restarts_logged, worker_pids
+from devtools.ts_probes import metric_sum, metrics_text, restarts_logged, worker_pids
 
 N_HTTP = 1500
 CLIENTS = 8

@@ -1,4 +1,4 @@
-"""handler/rollout.py against a real TorchServe under SDK load: 2.0 parked at 0 workers, brought in,
+"""ops/rollout.py against a real TorchServe under SDK load: 2.0 parked at 0 workers, brought in,
 made the default, 1.0 retired; no call may fail. Then the rollback, the same script reversed.
 
     .venv/bin/python -m pytest -q tests/reliability/test_rollout.py
@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from conftest import MODEL_YAML, grpc_ports
 from seqrec_sdk import Client, SeqrecError
-from ts_probes import worker_pids
+from devtools.ts_probes import worker_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def two_versions(served, tmp_path_factory):
-    from handler.local_server import LocalTorchServe, archive
+    from devtools.local_server import LocalTorchServe, archive
 
     work = tmp_path_factory.mktemp("rollout")
     (work / "model.yaml").write_text(MODEL_YAML)
@@ -35,7 +35,7 @@ def two_versions(served, tmp_path_factory):
 
 
 def rollout(ts, *args):
-    return subprocess.run([sys.executable, str(ROOT / "handler" / "rollout.py"), "--management", ts.management_url,
+    return subprocess.run([sys.executable, str(ROOT / "ops" / "rollout.py"), "--management", ts.management_url,
                            "--inference", ts.base_url, "--key-file", str(ts.key_file), "--workers", "1", *args],
                           capture_output=True, text=True, timeout=300)
 

@@ -15,10 +15,10 @@ import zipfile
 
 import pytest
 import requests
-from handler.local_server import LocalTorchServe, free_ports
+from devtools.local_server import LocalTorchServe, free_ports
 from seqrec_sdk import AuthError, Client
 from conftest import grpc_ports
-from ts_probes import listening_addresses
+from devtools.ts_probes import listening_addresses
 
 INVALID_KEY = "InvalidKeyException"
 

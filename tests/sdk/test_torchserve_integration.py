@@ -2,7 +2,7 @@
 
     .venv/bin/python -m pytest -q tests/sdk/test_torchserve_integration.py
 
-One server for the module (handler/local_server.py, free loopback ports, its own directory). The
+One server for the module (devtools/local_server.py, free loopback ports, its own directory). The
 checks of sdk_contract_checks.py, which test_sdk_contract.py runs against the fake server, run
 here for real, plus readiness, the management API, errors and the token file. The last test stops
 the server: keep it last.

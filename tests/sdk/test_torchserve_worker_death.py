@@ -20,10 +20,9 @@ import pytest
 from seqrec_sdk import Client, SeqrecError
 from torchserve_fixtures import requires_java, tiny_export
 
-from handler.local_server import LocalTorchServe, archive, free_ports
+from devtools.local_server import LocalTorchServe, archive, free_ports
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
-from ts_probes import ready_workers, worker_pids  # noqa: E402
+from devtools.ts_probes import ready_workers, worker_pids
 
 pytestmark = requires_java
 

@@ -1,6 +1,6 @@
 """A local TorchServe for development, tests, the demo and benchmarks (not packed into the .mar).
 
-    from handler.local_server import LocalTorchServe, archive
+    from devtools.local_server import LocalTorchServe, archive
     archive("artifacts/demo", "/tmp/store")                       # -> /tmp/store/seqrec_<version>.mar
     with LocalTorchServe("/tmp/store", ["seqrec=seqrec.mar"]) as ts:
         ts.wait_ready(["/predictions/seqrec"])

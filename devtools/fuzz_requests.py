@@ -1,6 +1,6 @@
 """A generator of hostile and valid request bodies for the seqrec HTTP contract, with an oracle.
 
-    from fuzz_requests import Catalog, generate, check_answer
+    from devtools.fuzz_requests import Catalog, generate, check_answer
     cat = Catalog.from_export("artifacts/demo")
     for case in generate(cat, n=10_000, seed=0):       # FuzzCase: bytes as sent + what must happen
         status, body = send(case)                      # in process or over HTTP

@@ -1,7 +1,7 @@
 """Looking inside a running LocalTorchServe: its processes and their memory, its workers, what its
 logs and /metrics say, the sockets it listens on. Linux (/proc) only.
 
-    from ts_probes import server_processes, rss_mb, worker_pids, restarts_logged, metric_sum
+    from devtools.ts_probes import server_processes, rss_mb, worker_pids, restarts_logged, metric_sum
     before = worker_pids(ts)                   # {"1.0": [pid, ...]} from the management API
     ...
     assert worker_pids(ts) == before and restarts_logged(ts) == 0

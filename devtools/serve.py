@@ -1,7 +1,7 @@
 """`make serve` / `make stop`: the demo model on config.properties' ports, left running.
 
-    .venv/bin/python handler/serve.py artifacts/demo             # archive, start, wait, print how to call it
-    .venv/bin/python handler/serve.py --stop                     # stop the server this started
+    .venv/bin/python devtools/serve.py artifacts/demo             # archive, start, wait, print how to call it
+    .venv/bin/python devtools/serve.py --stop                     # stop the server this started
 
 The server runs from --workdir (default artifacts/serve: key_file.json, logs/, its own TMPDIR) in a
 process session of its own, so it outlives this script and `--stop` ends exactly that server.
@@ -16,9 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from handler.local_server import LocalTorchServe, archive, config_ports, stop_server_in  # noqa: E402
+from devtools.local_server import LocalTorchServe, archive, config_ports, stop_server_in
 
 WORKDIR = ROOT / "artifacts" / "serve"
 
@@ -52,7 +51,7 @@ TorchServe is up (launcher pid {ts.proc.pid}), model seqrec {json.loads((export 
   keys:    {ts.key_file}   (inference key expires after 60 min; management key for {ts.management_url})
   metrics: curl -s {ts.metrics_url}/metrics
   logs:    {ts.dir / 'logs'}/
-  stop:    make stop     (or .venv/bin/python handler/serve.py --stop)""")
+  stop:    make stop     (or .venv/bin/python devtools/serve.py --stop)""")
     return 0
 
 

@@ -1,9 +1,9 @@
 """`make demo`: recommendations served by a real TorchServe, asked through the SDK.
 
-    .venv/bin/python handler/demo.py artifacts/demo        # after `make train-demo`
+    .venv/bin/python devtools/demo.py artifacts/demo        # after `make train-demo`
 
 Archives the export into <export>/model_store, starts TorchServe on free loopback ports
-(handler/local_server.py), waits until the model answers, asks for recommendations for three users
+(devtools/local_server.py), waits until the model answers, asks for recommendations for three users
 of the synthetic marketplace the model was trained on — each user's history without their last
 event, which training held out as the test case — prints history and answer with the items'
 category, price and availability, then the model's offline test metrics next to popularity, and
@@ -24,11 +24,10 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from handler.local_server import LocalTorchServe, archive  # noqa: E402
-from seqrec_sdk import Client, Event  # noqa: E402
-from train.synthetic import generate_marketplace  # noqa: E402
+from devtools.local_server import LocalTorchServe, archive
+from seqrec_sdk import Client, Event
+from train.synthetic import generate_marketplace
 
 K = 10
 USERS = 3

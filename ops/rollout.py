@@ -1,8 +1,8 @@
 """Move a running TorchServe's default model version to another one without dropping a request.
 
-    python handler/rollout.py --to 2.0 --from 1.0 --key-file /srv/torchserve/key_file.json
-    python handler/rollout.py --park 2.0 --key-file ...        # 0 workers until its rollout
-    python handler/rollout.py --to 1.0 --from 2.0 --key-file ... # rollback: the same, reversed
+    python ops/rollout.py --to 2.0 --from 1.0 --key-file /srv/torchserve/key_file.json
+    python ops/rollout.py --park 2.0 --key-file ...        # 0 workers until its rollout
+    python ops/rollout.py --to 1.0 --from 2.0 --key-file ... # rollback: the same, reversed
 
 Standard library only: runs wherever TorchServe runs. With the model API off (config.properties:
 enable_model_api=false) TorchServe cannot register an archive while running, so the new version
@@ -10,7 +10,7 @@ must be loaded at start next to the old one, and may wait there with no workers:
 
     torchserve --start --ncs --ts-config config.properties \\
                --models seqrec=seqrec_1.0.mar seqrec=seqrec_2.0.mar
-    python handler/rollout.py --park 2.0 --key-file key_file.json
+    python ops/rollout.py --park 2.0 --key-file key_file.json
 
 Steps, each checked; a failure before step 4 leaves the default where it was:
   1. the new version is registered (GET /models/<model>/<to>);
