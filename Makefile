@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml sdk/pypr
 DEMO_DIR := artifacts/demo
 SERVE_DIR := artifacts/serve
 
-.PHONY: setup java test demo train-demo serve stop bench-quality bench-negatives bench-serve bench-sdk bench-ablation bench-reliability
+.PHONY: setup java test test-fast demo train-demo serve stop bench-quality bench-negatives bench-serve bench-sdk bench-ablation bench-reliability
 
 setup: $(STAMP) java
 
@@ -20,8 +20,14 @@ $(STAMP): requirements.txt pyproject.toml sdk/pyproject.toml
 java:
 	@command -v java >/dev/null || { apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless; }
 
+# Every test, the TorchServe and training ones included: what CI (.ci/run) runs.
 test: setup
 	$(PY) -m pytest -q tests
+
+# The inner loop: no TorchServe, no training (pytest.ini's markers; tests/lane_guard.py enforces
+# them), so no Java either.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not torchserve and not training" tests
 
 # Train on the embedded synthetic marketplace, every seed stage on (train/configs/demo.json: the
 # ablation's synthetic settings), and export to $(DEMO_DIR).

@@ -7,6 +7,10 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.training
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"1": ["pretrained=svd", "model.freeze_item_vectors=true"], "2": [],
           "2+time": ["model.use_time=true"], "2+content": ["model.use_content=true"],

@@ -136,6 +136,7 @@ def trained_synthetic():
     return cfg, prep, model.eval()
 
 
+@pytest.mark.training
 def test_cold_start_item_is_recommended_to_its_own_category(trained_synthetic):
     cfg, prep, model = trained_synthetic
     items = prep.items.set_index("item_id").reindex(prep.index.ids).reset_index()

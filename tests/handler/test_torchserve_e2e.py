@@ -15,7 +15,7 @@ import pytest
 import requests
 from torchserve_fixtures import requires_java, two_version_server
 
-pytestmark = requires_java
+pytestmark = [pytest.mark.torchserve, requires_java]
 
 # Small on purpose: 2 cores shared with the rest of the suite. maxBatchDelay is long enough that
 # concurrent requests really meet in one batch.

@@ -14,7 +14,7 @@ from torchserve_fixtures import ROOT, requires_java, tiny_export
 
 from devtools.local_server import LocalTorchServe, archive
 
-pytestmark = requires_java
+pytestmark = [pytest.mark.torchserve, requires_java]
 
 ALL_STAGES = ["model.use_time=true", "model.use_content=true", "model.use_event_type=true",
               "model.use_source=true"]

@@ -18,6 +18,8 @@ from devtools.fuzz_requests import Catalog, check_answer, generate, http_cases, 
 from handler_fixtures import load_handler, run_batch
 from devtools.ts_probes import metric_sum, metrics_text, restarts_logged, worker_pids
 
+pytestmark = pytest.mark.torchserve
+
 N_HTTP = 1500
 CLIENTS = 8
 

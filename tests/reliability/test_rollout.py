@@ -17,6 +17,8 @@ from conftest import MODEL_YAML, grpc_ports
 from seqrec_sdk import Client, SeqrecError
 from devtools.ts_probes import worker_pids
 
+pytestmark = pytest.mark.torchserve
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -20,6 +20,8 @@ from seqrec_sdk import AuthError, Client
 from conftest import grpc_ports
 from devtools.ts_probes import listening_addresses
 
+pytestmark = pytest.mark.torchserve
+
 INVALID_KEY = "InvalidKeyException"
 
 

@@ -19,11 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from train.config import TrainConfig
 from train.pipeline import run
 from train.synthetic import generate_marketplace
+
+pytestmark = pytest.mark.training
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_MODEL = {"embedding_dim": 16, "hidden_dim": 32, "total_length": 20}

@@ -19,7 +19,7 @@ from sdk_contract_checks import (
 from seqrec_sdk import AuthError, BadRequest, Client, Experiment, ModelNotFound, Variant
 from torchserve_fixtures import requires_java, two_version_server
 
-pytestmark = requires_java
+pytestmark = [pytest.mark.torchserve, requires_java]
 
 # One worker per version on the 2 shared cores; a short maxBatchDelay because these requests come
 # one at a time.

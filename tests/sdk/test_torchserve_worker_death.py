@@ -24,7 +24,7 @@ from devtools.local_server import LocalTorchServe, archive, free_ports
 
 from devtools.ts_probes import ready_workers, worker_pids
 
-pytestmark = requires_java
+pytestmark = [pytest.mark.torchserve, requires_java]
 
 MODEL_YAML = "minWorkers: 2\nmaxWorkers: 2\nbatchSize: 4\nmaxBatchDelay: 5\nresponseTimeout: 60\n"
 CALLS = 8
