@@ -5,10 +5,11 @@ test that does the slow thing without its marker, so a new test cannot slip into
 
 What counts is what the test does, seen at run time (during its setup, including the session
 and module fixtures it is the first to use, and its call):
-- a subprocess whose command runs `torchserve` (lane `torchserve`);
+- a subprocess whose command runs `torchserve` or devtools' serve/demo/local server (lane `torchserve`);
 - a subprocess running `python -m train` or `torchrun` (lane `training`);
 - an optimizer step in the test process (lane `training`: train.pipeline, train.trainer.fit).
-A `torchserve` test may train the export it serves. tests/conftest.py installs the guard.
+Only the command a test starts is seen, not what a script it runs starts in turn. A `torchserve`
+test may train the export it serves. tests/conftest.py installs the guard.
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ import pytest
 
 # Which marker each lane accepts: building the export a TorchServe test serves is training too.
 ALLOWED = {"torchserve": ("torchserve",), "training": ("training", "torchserve")}
+# The project's entry points that start TorchServe or train, whatever launches them.
+TORCHSERVE_ENTRIES = ("devtools.serve", "devtools.demo", "devtools.local_server")
+TRAINING_ENTRIES = ("train", "train.__main__", "torch.distributed.run")
 
 
 def command_lane(args: Union[str, bytes, Sequence, None]) -> Optional[str]:
@@ -38,10 +42,16 @@ def command_lane(args: Union[str, bytes, Sequence, None]) -> Optional[str]:
     else:
         words = [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in args]
     names = [os.path.basename(w) for w in words]
-    if "torchserve" in names:
+    # Python entry points, run as `-m module` or as a script path (devtools/serve.py -> devtools.serve).
+    entries = {b for a, b in zip(words, words[1:]) if a == "-m"}
+    entries |= {w[:-3].replace(os.sep, ".") for w in words if w.endswith(".py")}
+
+    def runs(modules) -> bool:
+        return any(e == m or e.endswith("." + m) for e in entries for m in modules)
+
+    if "torchserve" in names or runs(TORCHSERVE_ENTRIES):
         return "torchserve"
-    modules = {b for a, b in zip(words, words[1:]) if a == "-m"}
-    if "torchrun" in names or modules & {"train", "train.__main__", "torch.distributed.run"}:
+    if "torchrun" in names or runs(TRAINING_ENTRIES):
         return "training"
     return None
 

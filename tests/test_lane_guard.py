@@ -15,10 +15,14 @@ from lane_guard import command_lane
     ([sys.executable, "-m", "train.__main__"], "training"),
     (["/venv/bin/torchrun", "--standalone", "-m", "train"], "training"),
     ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"], "training"),
+    ([sys.executable, "-m", "devtools.serve", "artifacts/demo"], "torchserve"),
+    ([sys.executable, "/repo/devtools/demo.py", "artifacts/demo"], "torchserve"),
+    ([sys.executable, "/repo/train/__main__.py", "--out", "x"], "training"),
     ([sys.executable, "-m", "train.catalog", "--export", "x"], None),  # a catalogue rebuild trains nothing
     ([sys.executable, "-c", "import seqrec_sdk"], None),
     (["torch-model-archiver", "--model-name", "seqrec"], None),
     ([sys.executable, "ops/rollout.py", "--management", "http://127.0.0.1:8081"], None),
+    ([sys.executable, "/repo/bench/train_speed.py"], None),  # a file named train_*.py is not train
     (b"git rev-parse HEAD", None),
 ])
 def test_commands_are_put_in_their_lane(command, lane):
