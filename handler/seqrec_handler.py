@@ -7,6 +7,10 @@ A bad request gets 400 with {"code", "type", "message"} at its own index of the 
 requests of the batch are answered normally. Nothing a client sends can raise out of handle():
 an unexpected failure answers 500 for the requests it touched, never the whole batch.
 
+A batch goes through named stages: parse (seqrec_contract: body -> Request or a 400) -> resolve
+(seqrec_request: one index lookup for the batch -> one Resolved record per request) -> score (one
+padded forward, one top-k over the catalogue) -> respond (each Outcome, Answer or Failure, as JSON).
+
 CPU threads: TorchServe starts `minWorkers` processes and sets no thread count, so each worker
 takes max(1, cores // workers) threads (workers from SEQREC_WORKERS, else the model YAML's
 minWorkers, else 1); SEQREC_THREADS overrides. Oversubscribing cores makes OpenMP spin and
@@ -18,20 +22,21 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
-import numpy as np
 import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 if __package__:  # imported as handler.seqrec_handler (tests, benchmarks, devtools)
     from .seqrec_catalogue import MODEL_FILE, Catalogue, verify_export
-    from .seqrec_contract import BadRequest, Request, normalise_ids, parse_request
+    from .seqrec_contract import BadRequest, Request, parse_request
+    from .seqrec_request import Answer, Failure, Outcome, Resolved, partition, resolve
     from .seqrec_scoring import chunked_topk
 else:  # TorchServe: the archive's files land flat in model_dir, the worker's import path
     from seqrec_catalogue import MODEL_FILE, Catalogue, verify_export
-    from seqrec_contract import BadRequest, Request, normalise_ids, parse_request
+    from seqrec_contract import BadRequest, Request, parse_request
+    from seqrec_request import Answer, Failure, Outcome, Resolved, partition, resolve
     from seqrec_scoring import chunked_topk
 
 log = logging.getLogger(__name__)
@@ -89,188 +94,146 @@ class SeqrecHandler(BaseHandler):
 
     def _warm_up(self):
         first = self.catalogue.decode(self.catalogue.rows[:1].cpu().numpy()) if len(self.catalogue.rows) else [0]
-        reqs = {0: parse_request({"history": first * 3, "k": 10}),
-                1: parse_request({"history": [], "k": 10}),
-                2: parse_request({"history": first, "candidates": first, "k": 1})}
+        bodies = [{"history": first * 3, "k": 10}, {"history": [], "k": 10},
+                  {"history": first, "candidates": first, "k": 1}]
+        requests = {i: parse_request(b) for i, b in enumerate(bodies)}
         for _ in range(3):  # TorchScript's profiling executor optimises on the 2nd/3rd call
-            for i, r in self._answer(reqs).items():
-                if isinstance(r, Exception):
-                    raise RuntimeError(f"seqrec: warm-up request {i} failed: {r}") from r
+            for i, outcome in self._answer(requests).items():
+                if isinstance(outcome, Failure):
+                    raise RuntimeError(f"seqrec: warm-up request {i} failed: {outcome.message}")
 
-    # ---- TorchServe entry point
+    # ---- TorchServe entry point: parse -> resolve -> score -> respond
     def handle(self, data: List[Any], context) -> List[str]:
         self.context = context
-        n = len(data)
-        out: List[Optional[str]] = [None] * n
-        outcomes = [OK] * n
         if self._header(context, "describe") == "True":
-            return [json.dumps(self.describe())] * n
+            return [json.dumps(self.describe())] * len(data)
         explain = self._header(context, "explain") == "True"
-        requests: Dict[int, Request] = {}
-        for i, row in enumerate(data):
-            try:
-                if explain:
-                    raise BadRequest("explanations are not supported; POST /predictions/<model>")
-                requests[i] = parse_request(_body(row))
-            except BadRequest as e:
-                out[i], outcomes[i] = self._error(context, i, 400, "BadRequest", str(e)), BAD_REQUEST
-            except Exception as e:  # a parser bug must not cost the other requests their answer
-                log.exception("seqrec: parsing request %d failed", i)
-                out[i], outcomes[i] = self._error(context, i, 500, "InternalServerError", repr(e)), ERROR
+        requests, outcomes = partition({i: self._parse(i, row, explain) for i, row in enumerate(data)})
         t0 = time.perf_counter()
-        answers = self._answer(requests)
+        outcomes.update(self._answer(requests))
         scoring_s = time.perf_counter() - t0
-        for i, a in answers.items():
-            if isinstance(a, Exception):
-                out[i], outcomes[i] = self._error(context, i, 500, "InternalServerError", repr(a)), ERROR
-            else:
-                out[i] = json.dumps(a, separators=(",", ":"))
-                outcomes[i] = EMPTY_HISTORY if a["fallback"] else OK
-                _set_json(context, i)
-        self._emit_metrics(outcomes, scoring_s if requests else None, n)
-        return out
+        self._emit_metrics([_label(outcomes[i]) for i in range(len(data))], scoring_s if requests else None, len(data))
+        return [self._respond(context, i, outcomes[i]) for i in range(len(data))]
 
     def describe(self) -> dict:
         keys = ("model_name", "model_version", "created_at", "item_id_type", "num_items",
                 "total_length", "metrics", "torch_version")
         return {k: self.meta.get(k) for k in keys}
 
-    # ---- the work: lookup, taste, scoring; per-request failures come back as exceptions
+    @staticmethod
+    def _parse(i: int, row: Any, explain: bool) -> Union[Request, Failure]:
+        try:
+            if explain:
+                raise BadRequest("explanations are not supported; POST /predictions/<model>")
+            return parse_request(_body(row))
+        except BadRequest as e:
+            return Failure.bad_request(str(e))
+        except Exception as e:  # noqa: BLE001 -- a parser bug must not cost the other requests their answer
+            log.exception("seqrec: parsing request %d failed", i)
+            return Failure.internal(e)
+
     @torch.inference_mode()
-    def _answer(self, reqs: Dict[int, Request]) -> Dict[int, Any]:
-        cat = self.catalogue
-        look = self._lookup(reqs)
-        answers: Dict[int, Any] = {}
-        with_history = [i for i in reqs if len(look[i]["history"])]
-        tastes = self._tastes({i: (reqs[i], look[i]) for i in with_history}, answers)
-        full = [i for i in with_history if i in tastes and reqs[i].candidates is None]
-        if full:
-            kmax = max(reqs[i].k for i in full)
-            banned = [self._banned(reqs[i], look[i]) for i in full]
-            try:
-                cos, pos = chunked_topk(torch.stack([tastes[i] for i in full]), cat.matrix, kmax, banned)
-                for row, i in enumerate(full):
-                    answers[i] = self._ranked(reqs[i], look[i], cos[row], pos[row])
-            except Exception as e:  # noqa: BLE001 -- reported per request as 500
-                log.exception("seqrec: scoring failed")
-                answers.update({i: e for i in full})
-        for i in reqs:
-            if i in answers:
-                continue
-            try:
-                if i in tastes:  # candidates: rank only these
-                    pos = cat.positions(torch.from_numpy(look[i]["candidates"]))
-                    pos = pos[pos >= 0].unique()
-                    ban = self._banned(reqs[i], look[i])
-                    pos = pos[~torch.isin(pos, ban)] if ban.numel() else pos
-                    cos = cat.matrix[pos] @ tastes[i]
-                    top = torch.topk(cos, min(reqs[i].k, cos.numel()))
-                    answers[i] = self._ranked(reqs[i], look[i], top.values, pos[top.indices])
-                else:  # empty or all-unknown history: popular available items
-                    answers[i] = self._popular(reqs[i], look[i])
-            except Exception as e:  # noqa: BLE001
-                log.exception("seqrec: request failed")
-                answers[i] = e
-        return answers
+    def _answer(self, requests: Dict[int, Request]) -> Dict[int, Outcome]:
+        """resolve -> score for the requests that parsed: one outcome each."""
+        resolved, outcomes = partition(resolve(requests, self.catalogue))
+        outcomes.update(self._score(resolved))
+        return outcomes
 
-    def _lookup(self, reqs: Dict[int, Request]) -> Dict[int, dict]:
-        """One index lookup for every id of the batch; split back per request."""
-        cat, lists = self.catalogue, []
-        for i, r in reqs.items():
-            lists.append((i, "history", r.history))
-            lists.append((i, "exclude", list(r.exclude)))
-            lists.append((i, "candidates", r.candidates or []))
-        flat = normalise_ids([x for _, _, ids in lists for x in ids], cat.id_type)
-        idx = cat.lookup(flat)
-        out: Dict[int, dict] = {i: {} for i in reqs}
-        start = 0
-        for i, name, ids in lists:
-            out[i][name] = idx[start:start + len(ids)]
-            start += len(ids)
-        for i, r in reqs.items():
-            h = out[i]["history"]
-            known = h > 0
-            seen, unknown = set(), []
-            for raw, ok in zip(r.history, known.tolist()):
-                if not ok and (type(raw), raw) not in seen:  # 12 and "12" are reported apart
-                    seen.add((type(raw), raw))
-                    unknown.append(raw)
-            out[i]["unknown"] = unknown
-            out[i]["known"] = known
-            out[i]["history"] = h[known]
-        return out
+    def _respond(self, context, i: int, outcome: Outcome) -> str:
+        if isinstance(outcome, Failure):
+            return self._error(context, i, outcome)
+        _set_json(context, i)
+        return json.dumps(outcome.body(self.model_name, self.model_version), separators=(",", ":"))
 
-    def _tastes(self, work: Dict[int, tuple], answers: Dict[int, Any]) -> Dict[int, torch.Tensor]:
+    # ---- score: tastes in one padded forward, the catalogue in one top-k, the rest per request
+    def _score(self, work: Dict[int, Resolved]) -> Dict[int, Outcome]:
+        tastes, outcomes = partition(self._tastes({i: w for i, w in work.items() if w.history.items}))
+        whole = {i: w for i, w in work.items() if i in tastes and w.candidates is None}
+        outcomes.update(self._rank_catalogue(whole, tastes))
+        for i, w in work.items():
+            if i not in outcomes:
+                outcomes[i] = self._rank_one(w, tastes.get(i))
+        return outcomes
+
+    def _tastes(self, work: Dict[int, Resolved]) -> Dict[int, Union[torch.Tensor, Failure]]:
         """One padded batch through the scripted model; if it fails, retry one by one so a
         single bad history cannot take the others down."""
-        if not work:
-            return {}
-        seqs, feats = {}, {}
-        for i, (r, lk) in work.items():
+        out: Dict[int, Union[torch.Tensor, Failure]] = {}
+        feats = {}
+        for i, w in work.items():
+            h = w.history
             try:
-                keep = lk["known"].tolist()
-                pick = lambda xs: [x for x, k in zip(xs, keep) if k]
-                now = r.now if r.now is not None else time.time()
-                feats[i] = self.model.encode_events(pick(r.timestamps), pick(r.event_types), pick(r.sources),
-                                                    pick(r.strengths), now)
-                seqs[i] = lk["history"].tolist()
+                feats[i] = self.model.encode_events(h.timestamps, h.event_types, h.sources, h.strengths, w.now)
             except Exception as e:  # noqa: BLE001
                 log.exception("seqrec: encoding request %d failed", i)
-                answers[i] = e
-        order = list(seqs)
+                out[i] = Failure.internal(e)
+        if not feats:
+            return out
+        order = list(feats)
         try:
-            return dict(zip(order, self._forward([seqs[i] for i in order], [feats[i] for i in order])))
+            out.update(zip(order, self._forward([work[i].history.items for i in order], [feats[i] for i in order])))
+            return out
         except Exception:  # noqa: BLE001
             log.exception("seqrec: batched forward failed; retrying one by one")
-        tastes = {}
         for i in order:
             try:
-                tastes[i] = self._forward([seqs[i]], [feats[i]])[0]
+                out[i] = self._forward([work[i].history.items], [feats[i]])[0]
             except Exception as e:  # noqa: BLE001
-                answers[i] = e
-        return tastes
+                log.exception("seqrec: forward of request %d failed", i)
+                out[i] = Failure.internal(e)
+        return out
 
     def _forward(self, seqs, feats) -> torch.Tensor:
         items, features, lengths = self.model.pad(seqs, feats)  # training's own padding/truncation
         return self.model(items.to(self.device), features.to(self.device), lengths.to(self.device))
 
-    def _banned(self, r: Request, lk: dict) -> torch.Tensor:
-        """Matrix rows request r must not get: its history (exclude_seen) and its exclude ids."""
-        idx = np.concatenate([lk["history"] if r.exclude_seen else lk["history"][:0], lk["exclude"]])
-        idx = idx[idx > 0]
-        if not len(idx):
-            return torch.empty(0, dtype=torch.long, device=self.device)
-        pos = self.catalogue.positions(torch.from_numpy(np.unique(idx)))
-        return pos[pos >= 0]
+    def _rank_catalogue(self, work: Dict[int, Resolved], tastes: Dict[int, torch.Tensor]) -> Dict[int, Outcome]:
+        """The whole catalogue for every request without candidates: one chunked top-k."""
+        if not work:
+            return {}
+        try:
+            cos, pos = chunked_topk(torch.stack([tastes[i] for i in work]), self.catalogue.matrix,
+                                    max(w.k for w in work.values()), [w.banned for w in work.values()])
+            return {i: self._ranked(w, cos[row], pos[row]) for row, (i, w) in enumerate(work.items())}
+        except Exception as e:  # noqa: BLE001 -- reported per request as 500
+            log.exception("seqrec: scoring failed")
+            return {i: Failure.internal(e) for i in work}
 
-    def _ranked(self, r: Request, lk: dict, cos: torch.Tensor, pos: torch.Tensor) -> dict:
-        cos, pos = cos[: r.k], pos[: r.k]
-        ok = torch.isfinite(cos)
-        cos, pos = cos[ok], pos[ok]
-        scores = self.model.score(cos).float().cpu().tolist()
-        ids = self.catalogue.decode(self.catalogue.rows[pos].cpu().numpy())
-        return self._response(ids, scores, lk, fallback=None)
+    def _rank_one(self, w: Resolved, taste: Optional[torch.Tensor]) -> Outcome:
+        """Candidates ranked by the taste, or (no known history) the popular fallback."""
+        try:
+            if taste is None:
+                return self._popular(w)
+            cos = self.catalogue.matrix[w.candidates] @ taste
+            top = torch.topk(cos, min(w.k, cos.numel()))
+            return self._ranked(w, top.values, w.candidates[top.indices])
+        except Exception as e:  # noqa: BLE001
+            log.exception("seqrec: request failed")
+            return Failure.internal(e)
 
-    def _popular(self, r: Request, lk: dict) -> dict:
-        banned = np.unique(np.concatenate([lk["history"] if r.exclude_seen else lk["history"][:0], lk["exclude"]]))
-        cand = lk["candidates"] if r.candidates is not None else None
-        idx = self.catalogue.popular(r.k, banned, cand)
-        scores = self.catalogue.popularity_share[idx - 1].tolist()
-        return self._response(self.catalogue.decode(idx), scores, lk, fallback="popular")
+    def _ranked(self, w: Resolved, cos: torch.Tensor, pos: torch.Tensor) -> Answer:
+        cos, pos = cos[: w.k], pos[: w.k]
+        ok = torch.isfinite(cos)  # -inf: banned, or padding when fewer than k rows were allowed
+        scores = self.model.score(cos[ok]).float().cpu().tolist()
+        ids = self.catalogue.decode(self.catalogue.rows[pos[ok]].cpu().numpy())
+        return Answer(ids, scores, w.unknown, fallback=None)
 
-    def _response(self, ids: list, scores: list, lk: dict, fallback: Optional[str]) -> dict:
-        return {"items": [{"item_id": i, "score": s} for i, s in zip(ids, scores)],
-                "model": self.model_name, "model_version": self.model_version,
-                "unknown_items": lk["unknown"], "fallback": fallback}
+    def _popular(self, w: Resolved) -> Answer:
+        cat = self.catalogue
+        banned = cat.rows[w.banned].cpu().numpy()
+        allowed = None if w.candidates is None else cat.rows[w.candidates].cpu().numpy()
+        idx = cat.popular(w.k, banned, allowed)
+        return Answer(cat.decode(idx), cat.popularity_share[idx - 1].tolist(), w.unknown, fallback="popular")
 
     # ---- plumbing
     @staticmethod
-    def _error(context, idx: int, code: int, kind: str, message: str) -> str:
+    def _error(context, idx: int, failure: Failure) -> str:
         # The status line gets the standard phrase only: message text comes from the client and
         # Netty refuses CR/LF in a reason phrase. The details travel in the JSON body.
-        context.set_response_status(code, "Bad Request" if code == 400 else "Internal Server Error", idx=idx)
+        phrase = "Bad Request" if failure.code == 400 else "Internal Server Error"
+        context.set_response_status(failure.code, phrase, idx=idx)
         _set_json(context, idx)
-        return json.dumps({"code": code, "type": kind, "message": message})
+        return json.dumps(failure.body())
 
     @staticmethod
     def _header(context, name: str) -> Optional[str]:
@@ -310,6 +273,13 @@ def _body(row: Any) -> Any:
         if key in row and row[key] is not None:
             return row[key]
     raise BadRequest("no request body; POST a JSON object with Content-Type: application/json")
+
+
+def _label(outcome: Outcome) -> str:
+    """The Outcome dimension of SeqrecRequests."""
+    if isinstance(outcome, Failure):
+        return BAD_REQUEST if outcome.code == 400 else ERROR
+    return EMPTY_HISTORY if outcome.fallback else OK
 
 
 def _set_json(context, idx: int):
