@@ -87,10 +87,11 @@ class Failure:
 Outcome = Union[Answer, Failure]
 
 
-def partition(results: Dict[int, Union[T, Failure]]) -> Tuple[Dict[int, T], Dict[int, Failure]]:
+def partition(results: Dict[int, Union[T, Failure]]) -> Tuple[Dict[int, T], Dict[int, Outcome]]:
     """Split a stage's results into the requests that go on and the ones already answered."""
     ok = {i: r for i, r in results.items() if not isinstance(r, Failure)}
-    return ok, {i: r for i, r in results.items() if isinstance(r, Failure)}
+    failed: Dict[int, Outcome] = {i: r for i, r in results.items() if isinstance(r, Failure)}
+    return ok, failed
 
 
 def resolve(requests: Dict[int, Request], catalogue: "Catalogue") -> Dict[int, Union[Resolved, Failure]]:

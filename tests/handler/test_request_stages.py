@@ -77,7 +77,8 @@ def test_event_features_reach_the_model_aligned_when_unknown_ids_are_interleaved
     shifted = [dict(k, **{f: s[f] for f in ("timestamp", "event_type", "strength")})
                for k, s in zip(known, interleaved)]  # what a mask applied to ids only would score
     now = 1_700_100_000
-    out = run_batch(h, ctx, [{"history": events, "now": now, "k": 20} for events in (interleaved, known, shifted)])
+    out = run_batch(h, ctx, [{"history": events, "now": now, "k": 20}
+                             for events in (interleaved, known, shifted)])
     got, clean, wrong = (json.loads(o) for o in out)
     assert got["unknown_items"] == [7, "x"] and clean["unknown_items"] == []
     assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in clean["items"]]
