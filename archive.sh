@@ -42,45 +42,20 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ -d "$EXPORT" ]] || die "export directory not found: $EXPORT"
-for f in model.pt item_vectors.npy items.parquet metadata.json; do
-    [[ -f "$EXPORT/$f" ]] || die "$EXPORT/$f is missing; is this a training export (docs/export-format.md)?"
-done
 [[ -f "$CONFIG" ]] || die "model config not found: $CONFIG"
 [[ "$NAME" =~ ^[A-Za-z0-9][A-Za-z0-9_-]*$ ]] || die "--name must be letters, digits, _ or - (got '$NAME')"
 
 ARCHIVER="${TORCH_MODEL_ARCHIVER:-$(command -v torch-model-archiver || true)}"
 [[ -n "$ARCHIVER" ]] || ARCHIVER="$HERE/.venv/bin/torch-model-archiver"
 [[ -x "$ARCHIVER" ]] || die "torch-model-archiver not found: run \`make setup\` or activate the venv (or set TORCH_MODEL_ARCHIVER)"
-PYTHON="$(command -v python3 || true)"
+PYTHON="$HERE/.venv/bin/python"
+[[ -x "$PYTHON" ]] || PYTHON="$(command -v python3 || true)"
 [[ -n "$PYTHON" ]] || die "python3 not found"
 
-# The version from metadata.json, and the sha256 of every listed file checked now rather than
-# when TorchServe loads the archive (the handler checks them again at load).
-VERSION="$("$PYTHON" - "$EXPORT" <<'PY'
-import hashlib, json, sys
-from pathlib import Path
-d = Path(sys.argv[1])
-try:
-    meta = json.loads((d / "metadata.json").read_text())
-except ValueError as e:
-    sys.exit(f"archive.sh: {d}/metadata.json is not valid JSON: {e}")
-version = str(meta.get("model_version") or "")
-if not version:
-    sys.exit(f"archive.sh: {d}/metadata.json has no model_version")
-files = meta.get("files") or {}
-for name in ("model.pt", "item_vectors.npy", "items.parquet"):
-    if name not in files:
-        sys.exit(f"archive.sh: {d}/metadata.json lists no sha256 for {name}")
-for name, want in files.items():
-    h = hashlib.sha256()
-    with open(d / name, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != want:
-        sys.exit(f"archive.sh: sha256 mismatch for {d}/{name}: the export is corrupt or was edited")
-print(version)
-PY
-)" || exit 1
+# The export checked now rather than when TorchServe loads the archive, by the module the handler
+# checks it with again at load (format version, every file listed with its sha256); it prints the
+# model_version, or one line saying what is wrong.
+VERSION="$(PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m handler.seqrec_artifact verify "$EXPORT")" || exit 1
 [[ "$VERSION" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] \
     || die "model_version '$VERSION' must be letters, digits, '.', '_' or '-' (it becomes a file name and a URL part)"
 

@@ -54,16 +54,17 @@ def percentiles(xs_ms):
 # ---- data
 def build_export(n: int, out: Path) -> Path:
     """A scripted SequenceModel over n items (random unit vectors), 95% available."""
+    from handler.seqrec_artifact import FORMAT_VERSION, ItemIndex
+
     meta = out / "metadata.json"
-    # Keyed by the committed model/ tree too: an export scripted by older model code may not load
-    # in this handler (e.g. the encode_events signature check).
+    # Keyed by the committed model/ tree and the export format too: an export of another format
+    # version does not load in this handler.
     code = subprocess.run(["git", "rev-parse", "HEAD:model"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     old = json.loads(meta.read_text()) if meta.exists() else {}
-    if (old.get("num_items"), old.get("model_code")) == (n, code):
+    if (old.get("num_items"), old.get("model_code"), old.get("format_version")) == (n, code, FORMAT_VERSION):
         return out
     from model import ModelConfig, SequenceModel
     from train.export import export_model
-    from train.item_index import ItemIndex
 
     shutil.rmtree(out, ignore_errors=True)
     rng = np.random.default_rng(0)

@@ -29,12 +29,14 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 if __package__:  # imported as handler.seqrec_handler (tests, benchmarks, devtools)
-    from .seqrec_catalogue import MODEL_FILE, Catalogue, verify_export
+    from .seqrec_artifact import MODEL_FILE, verify_export
+    from .seqrec_catalogue import Catalogue
     from .seqrec_contract import BadRequest, Request, parse_request
     from .seqrec_request import Answer, Failure, Outcome, Resolved, partition, resolve
     from .seqrec_scoring import chunked_topk
 else:  # TorchServe: the archive's files land flat in model_dir, the worker's import path
-    from seqrec_catalogue import MODEL_FILE, Catalogue, verify_export
+    from seqrec_artifact import MODEL_FILE, verify_export
+    from seqrec_catalogue import Catalogue
     from seqrec_contract import BadRequest, Request, parse_request
     from seqrec_request import Answer, Failure, Outcome, Resolved, partition, resolve
     from seqrec_scoring import chunked_topk
@@ -49,13 +51,14 @@ METRICS = {
     "SeqrecBatchSize": (MetricTypes.HISTOGRAM, "Count", ["ModelName", "Level"]),
 }
 OK, BAD_REQUEST, EMPTY_HISTORY, ERROR = "ok", "bad_request", "empty_history", "error"
-ENCODE_EVENTS_ARGS = ["timestamps", "event_types", "sources", "strengths", "now"]
 
 
 class SeqrecHandler(BaseHandler):
     def initialize(self, context):
         props = context.system_properties
         model_dir = props["model_dir"]
+        # An export of another format version (e.g. an older encode_events), corrupt or incomplete
+        # fails here with what to do, never at the first request.
         self.meta = verify_export(model_dir)
         self.device = self._pick_device(props.get("gpu_id"), context)
         self.model = torch.jit.load(os.path.join(model_dir, MODEL_FILE), map_location=self.device).eval()
@@ -63,7 +66,6 @@ class SeqrecHandler(BaseHandler):
         self.model_name = self.meta.get("model_name", "seqrec")
         self.model_version = str(self.meta.get("model_version", ""))
         self.context = context
-        self._check_encoding_signature()
         self._warm_up()
         self.initialized = True
         log.info("seqrec %s ready on %s: %d items (%d scorable), total_length %d, %d threads",
@@ -83,14 +85,6 @@ class SeqrecHandler(BaseHandler):
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
             torch.set_num_threads(max(1, (cores or 1) // max(1, workers)))
         return torch.device("cpu")
-
-    def _check_encoding_signature(self):
-        """Fail at load, with a reason, on an export whose event encoding predates this handler's
-        (e.g. one without the strength column) rather than 500 on every request."""
-        args = [a.name for a in self.model.encode_events.schema.arguments][1:]
-        if args != ENCODE_EVENTS_ARGS:
-            raise RuntimeError(f"seqrec: this export's encode_events takes {args}, this handler passes "
-                               f"{ENCODE_EVENTS_ARGS}: re-export the model with the matching train/")
 
     def _warm_up(self):
         first = self.catalogue.decode(self.catalogue.rows[:1].cpu().numpy()) if len(self.catalogue.rows) else [0]
@@ -112,9 +106,8 @@ class SeqrecHandler(BaseHandler):
         t0 = time.perf_counter()
         outcomes.update(self._answer(requests))
         scoring_s = time.perf_counter() - t0
-        ordered = [outcomes[i] for i in range(len(data))]  # every index has exactly one outcome
-        self._emit_metrics([_label(o) for o in ordered], scoring_s if requests else None, len(data))
-        return [self._respond(context, i, o) for i, o in enumerate(ordered)]
+        self._emit_metrics([_label(outcomes[i]) for i in range(len(data))], scoring_s if requests else None, len(data))
+        return [self._respond(context, i, outcomes[i]) for i in range(len(data))]
 
     def describe(self) -> dict:
         keys = ("model_name", "model_version", "created_at", "item_id_type", "num_items",
@@ -171,15 +164,14 @@ class SeqrecHandler(BaseHandler):
         if not feats:
             return out
         order = list(feats)
-        seqs = [work[i].history.items for i in order]
         try:
-            out.update(zip(order, self._forward(seqs, [feats[i] for i in order])))
+            out.update(zip(order, self._forward([work[i].history.items for i in order], [feats[i] for i in order])))
             return out
         except Exception:  # noqa: BLE001
             log.exception("seqrec: batched forward failed; retrying one by one")
-        for i, seq in zip(order, seqs):
+        for i in order:
             try:
-                out[i] = self._forward([seq], [feats[i]])[0]
+                out[i] = self._forward([work[i].history.items], [feats[i]])[0]
             except Exception as e:  # noqa: BLE001
                 log.exception("seqrec: forward of request %d failed", i)
                 out[i] = Failure.internal(e)

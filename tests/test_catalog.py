@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
+from handler.seqrec_artifact import ExportError, sha256_file
 from model import ModelConfig
 from train.catalog import main as catalog_main, rebuild
 from train.config import TrainConfig
 from train.content import encode_content
-from train.export import sha256_file
 from train.pipeline import run
 
 TINY = dict(data="synthetic", synthetic_users=200, synthetic_items=120, epochs=1, batch_size=64, sample_size=128,
@@ -87,10 +87,10 @@ def test_rebuild_adds_new_items_marks_sold_and_checksums(content_export, tmp_pat
 
 
 def test_new_export_loads_in_the_handler_catalogue(content_export, tmp_path):
-    from handler import seqrec_catalogue
+    from handler import seqrec_artifact, seqrec_catalogue
     old_items = pd.read_parquet(content_export / "items.parquet")
     rebuild(content_export, update_table(old_items), tmp_path / "v2", "1.1")
-    meta = seqrec_catalogue.verify_export(tmp_path / "v2")
+    meta = seqrec_artifact.verify_export(tmp_path / "v2")
     cat = seqrec_catalogue.Catalogue.load(tmp_path / "v2", meta, torch.device("cpu"))
     idx = cat.lookup([555001, int(update_table(old_items)["item_id"][2])])
     assert idx[0] == len(old_items) + 1
@@ -129,5 +129,5 @@ def test_bad_updates_fail_loudly(content_export, tmp_path):
         if f.is_file():
             (broken / f.name).write_bytes(f.read_bytes())
     np.save(broken / "item_vectors.npy", np.zeros((3, 8), np.float32))
-    with pytest.raises(ValueError, match="sha256"):
+    with pytest.raises(ExportError, match="sha256 mismatch for item_vectors.npy"):
         rebuild(broken, pd.DataFrame({"item_id": [1]}), tmp_path / "z", "9")

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
+from handler.seqrec_artifact import sha256_file
 from train.config import TrainConfig
-from train.export import sha256_file
 from train.pipeline import run
 
 SMALL = dict(data="synthetic", synthetic_users=600, synthetic_items=300, epochs=3, batch_size=64, lr=0.005,

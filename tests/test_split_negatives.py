@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from train.item_index import ItemIndex
+from handler.seqrec_artifact import ItemIndex
 from train.negatives import CandidateSampler
 from train.split import leave_one_out, temporal_split
 
@@ -18,7 +18,7 @@ def events():
 def test_item_index_keeps_types_and_reports_unknown():
     idx = ItemIndex.from_items(pd.Series(["b", "a", "b"]))
     assert idx.id_type == "str" and idx.encode(["a", "zz"]).tolist() == [1, 0]
-    assert ItemIndex.from_items(pd.Series([7, 3])).decode([1, 2]).tolist() == [3, 7]
+    assert ItemIndex.from_items(pd.Series([7, 3])).decode([1, 2]) == [3, 7]
 
 
 def test_leave_one_out():

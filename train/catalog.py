@@ -18,8 +18,10 @@ With --snapshot the table is the whole live catalogue: known items absent from i
 
 The scripted model carries every item's content ids (SequenceModel.set_item_content), so with a
 content model model.pt is rewritten too; item vectors come from its own item_matrix(), and content
-ids from train.content, exactly as at training. metadata.json gets the new version, fresh sha256
-of every file and a `catalog_update` record; its metrics stay those of the training run.
+ids from train.content, exactly as at training. The source export must verify (its format
+version and sha256, handler.seqrec_artifact.verify_export); metadata.json gets the new version, this
+seqrec's format_version, fresh sha256 of every file and a `catalog_update` record; its metrics stay
+those of the training run.
 """
 from __future__ import annotations
 
@@ -36,19 +38,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from handler.seqrec_artifact import ITEMS_FILE, MODEL_FILE, VECTORS_FILE, verify_export, write_metadata
 from model import ModelConfig
 
 from .content import categorical_values, encode_content
+from .errors import UserError, cli_error
 from .events import read_table
-from .export import ITEMS_FILE, METADATA_FILE, MODEL_FILE, VECTORS_FILE, _jsonable, sha256_file
 
 log = logging.getLogger(__name__)
-
-
-def _check_files(d: Path, meta: Dict[str, Any]) -> None:
-    for name, digest in meta.get("files", {}).items():
-        if sha256_file(d / name) != digest:
-            raise ValueError(f"{d / name}: sha256 does not match metadata.json; refusing to build on it")
 
 
 def _ids(raw: pd.Series, id_type: str) -> pd.Series:
@@ -78,8 +75,7 @@ def rebuild(export_dir, items: pd.DataFrame, out_dir, version: str, snapshot: bo
         raise ValueError("--out must be a new directory: an export is never changed in place")
     if not version:
         raise ValueError("a catalogue update needs a new --version")
-    meta = json.loads((src / METADATA_FILE).read_text())
-    _check_files(src, meta)
+    meta = verify_export(src)  # never build on a corrupt export or one of another format
     if "item_id" not in items:
         raise ValueError(f"item table has no 'item_id' column (columns: {list(items.columns)})")
     table = pd.read_parquet(src / ITEMS_FILE)
@@ -157,8 +153,7 @@ def rebuild(export_dir, items: pd.DataFrame, out_dir, version: str, snapshot: bo
               "available_items": int(table["available"].sum())}
     meta.update({"model_version": version, "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
                  "num_items": int(len(table)), "catalog_update": record})
-    meta["files"] = {name: sha256_file(out / name) for name in (MODEL_FILE, VECTORS_FILE, ITEMS_FILE)}
-    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_jsonable))
+    write_metadata(out, meta)
     log.info("catalog: %s -> %s version %s: %s", src, out, version, record)
     return record
 
@@ -173,7 +168,10 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--snapshot", action="store_true", help="items absent from the table become unavailable")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    record = rebuild(args.export, read_table(args.items), args.out, args.version, args.snapshot, args.items)
+    try:
+        record = rebuild(args.export, read_table(args.items), args.out, args.version, args.snapshot, args.items)
+    except UserError as e:  # a mistake in what was asked: one line; anything else is a bug
+        return cli_error(ap.prog, e)
     print(json.dumps(record, indent=2))
     return 0
 

@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from handler.seqrec_artifact import ItemIndex
 from model import ModelConfig, SequenceModel
 
 from .content import encode_content
 from .evaluate import evaluate_ranking, model_scorer, summarize
-from .item_index import ItemIndex
 from .sequences import EventColumns, encode_cases
 from .split import Cases
 

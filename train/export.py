@@ -1,12 +1,13 @@
 """Write the export directory (see docs/export-format.md) that archive.sh packs for serving.
 
     export_model(model, index, popularity, out_dir, items=items_df, metadata={...})
+
+File names, metadata.json (format_version, sha256) and the id map are handler.seqrec_artifact's,
+the module the handler and archive.sh read the export with.
 """
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -15,21 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from handler.seqrec_artifact import ITEMS_FILE, MODEL_FILE, VECTORS_FILE, ItemIndex, write_metadata
 from model import SequenceModel
 
-from .item_index import ItemIndex
-
 log = logging.getLogger(__name__)
-
-MODEL_FILE, VECTORS_FILE, ITEMS_FILE, METADATA_FILE = "model.pt", "item_vectors.npy", "items.parquet", "metadata.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def candidate_table(index: ItemIndex, popularity: np.ndarray, items: Optional[pd.DataFrame]) -> pd.DataFrame:
@@ -50,7 +40,8 @@ def candidate_table(index: ItemIndex, popularity: np.ndarray, items: Optional[pd
 def export_model(model: SequenceModel, index: ItemIndex, popularity: np.ndarray, out_dir,
                  items: Optional[pd.DataFrame] = None, metadata: Optional[Dict[str, Any]] = None,
                  item_vectors: Optional[np.ndarray] = None) -> Path:
-    """Script the model, write the candidate index and metadata with sha256 of every file."""
+    """Script the model, write the candidate index, then metadata.json (format_version, sha256 of
+    every file), last and atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
@@ -76,19 +67,6 @@ def export_model(model: SequenceModel, index: ItemIndex, popularity: np.ndarray,
         "torch_version": torch.__version__,
     }
     meta.update(metadata or {})
-    meta["files"] = {name: sha256_file(out / name) for name in (MODEL_FILE, VECTORS_FILE, ITEMS_FILE)}
-    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_jsonable))
+    meta = write_metadata(out, meta)
     log.info("exported %d items to %s (version %s)", len(index), out, meta["model_version"])
     return out
-
-
-def _jsonable(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")

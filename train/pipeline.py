@@ -19,13 +19,13 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from handler.seqrec_artifact import ItemIndex
 from model import ModelConfig, SequenceModel
 
 from .config import TrainConfig
 from .evaluate import evaluate_ranking, model_scorer, popularity_scorer, summarize
 from .events import DropReport, load_events
 from .export import export_model
-from .item_index import ItemIndex
 from .negatives import CandidateSampler
 from .pretrained import load_item_vectors, svd_item_vectors
 from .report import plot_history

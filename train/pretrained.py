@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .item_index import ItemIndex
+from handler.seqrec_artifact import ItemIndex
 
 
 def svd_item_vectors(sequences: List[np.ndarray], num_items: int, dim: int, window: int = 3,

@@ -17,9 +17,9 @@ def make_export(out_dir: Path, num_items: int = NUM_ITEMS, str_ids: bool = False
                 seed: int = 0, **model_config) -> Path:
     """An untrained model with a real export layout: ids 1000, 1003, ... (str ids: "1000",
     "sku-1003", ...), every 7th item unavailable, popularity falling with the index."""
+    from handler.seqrec_artifact import ItemIndex
     from model import ModelConfig, SequenceModel
     from train.export import export_model
-    from train.item_index import ItemIndex
 
     torch.manual_seed(seed)
     raw = [1000 + 3 * i for i in range(num_items)]
