@@ -19,6 +19,8 @@ from train.config import TrainConfig
 from train.content import encode_content
 from train.pipeline import run
 
+pytestmark = pytest.mark.training
+
 TINY = dict(data="synthetic", synthetic_users=200, synthetic_items=120, epochs=1, batch_size=64, sample_size=128,
             model={"embedding_dim": 8, "hidden_dim": 16, "total_length": 10})
 

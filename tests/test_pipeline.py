@@ -8,7 +8,8 @@ import torch
 
 from handler.seqrec_artifact import sha256_file
 from train.config import TrainConfig
-from train.pipeline import run
+from train.pipeline import build_model, prepare, run
+from train.sequences import encode_cases
 
 SMALL = dict(data="synthetic", synthetic_users=600, synthetic_items=300, epochs=3, batch_size=64, lr=0.005,
              sample_size=256, model={"embedding_dim": 16, "hidden_dim": 32, "total_length": 20})
@@ -19,13 +20,38 @@ def small(**kw) -> TrainConfig:
     return TrainConfig.from_dict(d)
 
 
+# The trained fixture's model also reads time and event context, so that the scripted export's
+# encode_events is compared with training's too.
+CONTEXT = {**SMALL["model"], "use_time": True, "use_event_type": True, "use_source": True}
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    summary = run(small(epochs=8, version="t1"), out)
+    summary = run(small(epochs=8, version="t1", model=CONTEXT), out)
     return out, summary
 
 
+def eager_as_trained(out, summary):
+    """(model, prepared data): the eager model training produced, rebuilt from the run's resolved
+    config and given the best weights of the checkpoint it left, and the data it was trained on."""
+    cfg = TrainConfig.from_dict(summary["config"])
+    prep = prepare(cfg)
+    model = build_model(cfg, prep)
+    model.load_state_dict(torch.load(out / "train" / "checkpoint.pt", weights_only=True)["best_model"])
+    return model.eval(), prep
+
+
+def top10(queries: torch.Tensor, matrix: torch.Tensor, histories):
+    """Best 10 items by cosine, padding and the history's own items excluded (as served)."""
+    scores = queries @ matrix.T
+    scores[:, 0] = float("-inf")
+    for row, seen in enumerate(histories):
+        scores[row, seen] = float("-inf")
+    return torch.topk(scores, 10, dim=1)
+
+
+@pytest.mark.training
 def test_export_directory_is_complete_and_checksummed(trained):
     out, summary = trained
     meta = json.loads((out / "metadata.json").read_text())
@@ -40,6 +66,7 @@ def test_export_directory_is_complete_and_checksummed(trained):
     assert (out / "train" / "training.png").stat().st_size > 1000
 
 
+@pytest.mark.training
 def test_summary_reports_counts_speed_and_curve(trained):
     _, s = trained
     assert s["data"]["events"] > 0 and "dropped" in s["data"] and s["data"]["split"]["users_evaluated"] > 0
@@ -48,21 +75,34 @@ def test_summary_reports_counts_speed_and_curve(trained):
     assert set(s["test"]) == {"model", "popularity"}
 
 
+@pytest.mark.training
 def test_model_beats_popularity_on_planted_sequences(trained):
     _, s = trained
     assert s["test"]["model"]["HR@10"] > 1.5 * s["test"]["popularity"]["HR@10"]
 
 
+@pytest.mark.training
 def test_scripted_export_ranks_like_training(trained):
-    out, _ = trained
-    m = torch.jit.load(str(out / "model.pt"))
-    vec = torch.from_numpy(np.load(out / "item_vectors.npy"))
-    items, feats, lengths = m.pad([[1, 2, 3]], [[]])
-    q = m(items, feats, lengths)
-    assert torch.allclose(vec, m.item_matrix(), atol=1e-6)
-    assert q.shape == (1, 16)
+    """model.pt and item_vectors.npy, used as the handler uses them (the model's own
+    encode_events and pad on raw histories), give real test users the eager model's top-10."""
+    out, summary = trained
+    eager, prep = eager_as_trained(out, summary)
+    scripted = torch.jit.load(str(out / "model.pt"))
+    vectors = torch.from_numpy(np.load(out / "item_vectors.npy"))
+    cases, c = prep.split.test.subset(60, seed=1), prep.cols
+    seqs = [c.items[h].tolist() for h in cases.histories]
+    feats = [scripted.encode_events(c.timestamps[h].tolist(), c.event_types[h].tolist(), c.sources[h].tolist(),
+                                    c.strengths[h].tolist(), float(now)) for h, now in zip(cases.histories, cases.now)]
+    assert len({len(s) for s in seqs}) > 5 and any(any(row) for f in feats for row in f)  # varied, real features
+    with torch.no_grad():
+        served = top10(scripted(*scripted.pad(seqs, feats)), vectors, seqs)
+        expected = top10(eager(*encode_cases(eager, c, cases)), eager.item_matrix(), seqs)
+    assert torch.equal(served.indices, expected.indices)
+    assert torch.allclose(served.values, expected.values, atol=1e-5)
+    assert torch.allclose(vectors, eager.item_matrix(), atol=1e-6)
 
 
+@pytest.mark.training
 def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
     run(small(epochs=3, patience=10), tmp_path / "a")
     run(small(epochs=2, patience=10), tmp_path / "b")          # "killed" after epoch 2
@@ -77,6 +117,7 @@ def test_unknown_config_key_fails_loudly():
         TrainConfig().override(["epochz=3"])
 
 
+@pytest.mark.training
 def test_strength_trains_exports_and_encodes_like_training(tmp_path):
     """A CSV log with a rating column: edges from the training events' distinct values, a
     missing rating is "unknown", and the export encodes events the same way."""
