@@ -20,12 +20,15 @@ from .errors import (
     ServerError,
     Timeout,
 )
+from .experiment_source import ExperimentSet, ExperimentSource, StaticExperiments
 from .experiments import Experiment
+from .growthbook_source import ExperimentPayloadError, GrowthBookSource
 from .models import (
     ClientStats,
     Event,
     Exposure,
     ModelVersion,
+    Outcome,
     Recommendations,
     RecommendRequest,
     ScoredItem,
@@ -40,11 +43,17 @@ __all__ = [
     "RetryPolicy",
     "Experiment",
     "Variant",
+    "ExperimentSet",
+    "ExperimentSource",
+    "StaticExperiments",
+    "GrowthBookSource",
+    "ExperimentPayloadError",
     "Event",
     "RecommendRequest",
     "ScoredItem",
     "Recommendations",
     "Exposure",
+    "Outcome",
     "ModelVersion",
     "ClientStats",
     "Fallback",

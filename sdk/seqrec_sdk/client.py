@@ -41,6 +41,7 @@ from .errors import (
     ServerError,
     Timeout,
 )
+from .experiment_source import ExperimentSource, as_source
 from .experiments import Experiment
 from .models import (
     ClientStats,
@@ -92,9 +93,11 @@ class Client:
             (500/507: the batch of a killed worker), or a :class:`RetryPolicy`.
         session: a ``requests.Session`` to use (the caller keeps ownership: not closed here).
         pool_size: connections kept to the server; also recommend_many's default threads.
-        experiments: :class:`Experiment` s; a user's request goes to the version of the first
-            experiment that assigns them a variant (use GrowthBook namespaces to keep
-            overlapping experiments exclusive), else to the default version.
+        experiments: :class:`Experiment` s, or a source that refreshes them (e.g.
+            :class:`~seqrec_sdk.growthbook_source.GrowthBookSource`, closed by :meth:`close`);
+            a user's request goes to the version of the first experiment that assigns them a
+            variant (use GrowthBook namespaces to keep overlapping experiments exclusive), else
+            to the source's default version (a fixed list: the server's default).
         on_exposure: called once per served recommendation of a user in an experiment; the
             default logs a JSON line on the ``seqrec_sdk.exposure`` logger at INFO.
         fallback: popular item ids, or a function of the :class:`RecommendRequest`, served
@@ -116,7 +119,7 @@ class Client:
         retries: Union[int, RetryPolicy] = 2,
         session: Optional[requests.Session] = None,
         pool_size: int = 16,
-        experiments: Iterable[Experiment] = (),
+        experiments: Union[Iterable[Experiment], ExperimentSource] = (),
         on_exposure: Optional[ExposureCallback] = None,
         fallback: Optional[Fallback] = None,
         management_url: Optional[str] = None,
@@ -129,10 +132,7 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.management_url = management_url.rstrip("/") if management_url else None
-        self.experiments: Tuple[Experiment, ...] = tuple(experiments)
-        keys = [e.key for e in self.experiments]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"experiment keys must be unique: {keys}")
+        self._experiments = as_source(experiments)  # a fixed list is checked for unique keys
         if fallback is not None and not callable(fallback):
             fallback = tuple(fallback)  # a snapshot: later edits of the caller's list do not leak
         self._fallback = fallback
@@ -155,6 +155,7 @@ class Client:
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
         self._transport.close()
+        self._experiments.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -218,10 +219,7 @@ class Client:
         on the default version and on every version an experiment sends traffic to. Unlike
         ``/ping``, which says Healthy while workers are still loading. Never raises for a
         server-side reason: logs why at WARNING and returns False."""
-        versions: List[Optional[str]] = [None]
-        for exp in self.experiments:
-            versions += [v for v in exp.model_versions if v not in versions]
-        for version in versions:
+        for version in self._experiments.current().versions():
             url = self._predict_url(version)
             try:
                 self._transport.request("POST", url, json_body={"history": [], "k": 1}, retries=0)
@@ -256,13 +254,12 @@ class Client:
 
     def assignment(self, user_id: Optional[str]) -> Optional[Tuple[Experiment, Variant]]:
         """The experiment and variant this client would use for ``user_id``, without a request."""
-        if user_id is None:
-            return None
-        for exp in self.experiments:
-            variant = exp.assign(user_id)
-            if variant is not None:
-                return exp, variant
-        return None
+        return self._experiments.current().assign(user_id)
+
+    @property
+    def experiments(self) -> Tuple[Experiment, ...]:
+        """The experiments in force now (a source may have refreshed them)."""
+        return self._experiments.current().experiments
 
     @property
     def stats(self) -> ClientStats:
@@ -292,9 +289,11 @@ class Client:
     def _recommend(self, request: RecommendRequest) -> Recommendations:
         start = time.perf_counter()
         self._count("requests")
-        assigned = self.assignment(request.user_id) if request.version is None else None
+        snapshot = self._experiments.current()  # one definition per call, even mid-refresh
+        assigned = snapshot.assign(request.user_id) if request.version is None else None
         exp, variant = assigned if assigned else (None, None)
-        url = self._predict_url(request.version or (variant.model_version if variant else None))
+        version = request.version or (variant.model_version if variant else snapshot.default_version)
+        url = self._predict_url(version)
         try:
             resp = self._transport.request("POST", url, json_body=request.body())
             recs = self._parse(resp, url, exp, variant, start)
@@ -363,6 +362,7 @@ class Client:
         exposure = Exposure(
             experiment_key=exp.key,
             variant=variant.name,
+            variation_id=exp.variation_id(variant),
             user_id=str(request.user_id),
             model_version=recs.model_version,
             recommendation_id=recs.recommendation_id,

@@ -107,7 +107,8 @@ class Experiment:
     ``seed`` defaults to ``key`` (as in GrowthBook). Users outside ``coverage`` or outside the
     ``namespace`` slice get ``None``: the client then calls the default version. Assignment is a
     pure function of (seed, user id, weights, coverage): sticky for as long as those stay the
-    same, across processes and machines, with no storage.
+    same, across processes and machines, with no storage. ``hash_version`` 2 is GrowthBook's
+    current hash; 1 is what it uses for an experiment whose payload names no ``hashVersion``.
     """
 
     key: str
@@ -115,6 +116,7 @@ class Experiment:
     coverage: float = 1.0
     seed: Optional[str] = None
     namespace: Optional[Tuple[str, float, float]] = None
+    hash_version: int = 2
     _ranges: Tuple[BucketRange, ...] = field(init=False, repr=False, compare=False)
 
     def __init__(
@@ -124,6 +126,7 @@ class Experiment:
         coverage: float = 1.0,
         seed: Optional[str] = None,
         namespace: Optional[Tuple[str, float, float]] = None,
+        hash_version: int = 2,
     ) -> None:
         set_ = object.__setattr__  # frozen: fields are set once, here
         set_(self, "key", key)
@@ -131,6 +134,7 @@ class Experiment:
         set_(self, "coverage", float(coverage))
         set_(self, "seed", seed)
         set_(self, "namespace", tuple(namespace) if namespace is not None else None)
+        set_(self, "hash_version", hash_version)
         self._validate()
         weights = self.weights
         set_(self, "_ranges", tuple(get_bucket_ranges(len(self.variants), self.coverage, weights)))
@@ -145,6 +149,11 @@ class Experiment:
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"experiment {self.key!r}: variant names must be unique: {names}")
+        ids = [self.variation_id(v) for v in self.variants]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"experiment {self.key!r}: variant keys must be unique: {ids}")
+        if self.hash_version not in (1, 2) or isinstance(self.hash_version, bool):
+            raise ValueError(f"experiment {self.key!r}: hash_version must be 1 or 2")
         given = [v.weight for v in self.variants if v.weight is not None]
         if given and len(given) != len(self.variants):
             raise ValueError(f"experiment {self.key!r}: give a weight to every variant or none")
@@ -174,9 +183,16 @@ class Experiment:
     def model_versions(self) -> Tuple[str, ...]:
         return tuple(v.model_version for v in self.variants)
 
+    def variation_id(self, variant: Variant) -> str:
+        """The id a warehouse joins on: ``variant.key``, else its position ("0", "1", ...)."""
+        if variant.key is not None:
+            return variant.key
+        return str(self.variants.index(variant))
+
     def bucket(self, user_id: Union[str, int]) -> float:
-        """The user's hash v2 in [0, 1) for this experiment."""
-        return gb_hash(self.seed if self.seed is not None else self.key, str(user_id), 2)  # type: ignore[return-value]
+        """The user's hash (``hash_version``) in [0, 1) for this experiment."""
+        seed = self.seed if self.seed is not None else self.key
+        return gb_hash(seed, str(user_id), self.hash_version)  # type: ignore[return-value]
 
     def assign(self, user_id: Union[str, int, None]) -> Optional[Variant]:
         """The user's variant, or None when the user is not in the experiment (no id,

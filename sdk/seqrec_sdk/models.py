@@ -21,6 +21,7 @@ __all__ = [
     "Recommendations",
     "Variant",
     "Exposure",
+    "Outcome",
     "ModelVersion",
     "ClientStats",
 ]
@@ -129,11 +130,14 @@ class ScoredItem:
 class Variant:
     """One arm of an experiment, served by ``/predictions/<model>/<model_version>``.
 
-    ``weight`` is the share of covered users; leave every weight None for equal shares."""
+    ``weight`` is the share of covered users; leave every weight None for equal shares.
+    ``key`` is the variation id a warehouse joins on (GrowthBook's ``meta[i].key``); None means
+    the variant's position, "0", "1", ..., as GrowthBook does without meta."""
 
     name: str
     model_version: str
     weight: Optional[float] = None
+    key: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +169,12 @@ class Recommendations:
 
 @dataclass(frozen=True)
 class Exposure:
-    """What ``on_exposure`` receives: a user in an experiment was shown these items."""
+    """One served recommendation list to a user in an experiment: what ``on_exposure`` gets.
+
+    The warehouse record of the test (see README, "Exposures and outcomes"): ``variant`` is the
+    variation's name, ``variation_id`` its id (GrowthBook's variation key), ``timestamp`` unix
+    seconds (UTC), ``fallback`` True when the client's fallback list was shown instead of the
+    model's. Clicks and conversions join on ``recommendation_id`` (:class:`Outcome`)."""
 
     experiment_key: str
     variant: str
@@ -175,10 +184,12 @@ class Exposure:
     item_ids: Tuple[ItemId, ...]
     timestamp: float
     fallback: bool = False
+    variation_id: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return {
             "experiment_key": self.experiment_key,
+            "variation_id": self.variation_id,
             "variant": self.variant,
             "user_id": self.user_id,
             "model_version": self.model_version,
@@ -187,6 +198,67 @@ class Exposure:
             "timestamp": self.timestamp,
             "fallback": self.fallback,
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Exposure":
+        """The inverse of :meth:`to_dict` (e.g. a JSON line read back)."""
+        vid = d.get("variation_id")
+        return cls(
+            experiment_key=str(d["experiment_key"]),
+            variant=str(d["variant"]),
+            user_id=str(d["user_id"]),
+            model_version=d.get("model_version"),
+            recommendation_id=str(d["recommendation_id"]),
+            item_ids=tuple(d.get("item_ids") or ()),
+            timestamp=float(d["timestamp"]),
+            fallback=bool(d.get("fallback", False)),
+            variation_id=None if vid is None else str(vid),
+        )
+
+
+OUTCOME_KINDS = ("click", "convert")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a user did with a recommended item, keyed by the list's ``recommendation_id``:
+    ``kind`` "click" or "convert" (e.g. a purchase or a message to the seller); ``value`` an
+    optional amount (e.g. the price); ``timestamp`` unix seconds (UTC)."""
+
+    recommendation_id: str
+    item_id: ItemId
+    kind: str = "click"
+    timestamp: Optional[float] = None
+    user_id: Optional[str] = None
+    value: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in OUTCOME_KINDS:
+            raise ValueError(f"Outcome.kind must be one of {OUTCOME_KINDS}, got {self.kind!r}")
+        if not isinstance(self.recommendation_id, str) or not self.recommendation_id:
+            raise ValueError("Outcome.recommendation_id must be a non-empty string")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "recommendation_id": self.recommendation_id,
+            "item_id": self.item_id,
+            "kind": self.kind,
+            "timestamp": self.timestamp,
+            "user_id": self.user_id,
+            "value": self.value,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Outcome":
+        ts, value, user = d.get("timestamp"), d.get("value"), d.get("user_id")
+        return cls(
+            recommendation_id=str(d["recommendation_id"]),
+            item_id=d["item_id"],
+            kind=str(d.get("kind", "click")),
+            timestamp=None if ts is None else float(ts),
+            user_id=None if user is None else str(user),
+            value=None if value is None else float(value),
+        )
 
 
 @dataclass(frozen=True)
