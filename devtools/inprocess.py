@@ -12,14 +12,17 @@ import os
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
+import ts
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
-HANDLER_DIR = Path(__file__).resolve().parents[1] / "handler"
+# The metrics YAML a worker gets, config.properties naming none: TorchServe's own default. The
+# handler declares its metrics itself.
+TS_METRICS_YAML = Path(ts.__file__).resolve().parent / "configs" / "metrics.yaml"
 
 
 def make_context(model_dir: Path, yaml_config: Optional[dict] = None, batch_size: int = 8) -> Context:
-    metrics = MetricsCacheYamlImpl(str(HANDLER_DIR / "metrics.yaml"))
+    metrics = MetricsCacheYamlImpl(str(TS_METRICS_YAML))
     metrics.initialize_cache()
     metrics.model_name = "seqrec"
     return Context("seqrec", str(model_dir), {"model": {"modelName": "seqrec"}}, batch_size, None, "0.12.0",

@@ -6,11 +6,17 @@
         ts.wait_ready(["/predictions/seqrec"])
         print(ts.post(body={"history": [100003], "k": 5}).json())
 
-Each server gets free loopback ports (or the ones asked for), a config written from the repository's
-config.properties, and a working directory of its own: key_file.json and logs/ land there, and
-TMPDIR/TEMP point into it, because TorchServe keeps its pid file in the temp directory and its worker
-sockets at $TEMP/.ts.sock.9000 — two servers sharing /tmp refuse to start or take over each other's
-workers. `stop()` stops exactly the server it started (its own process session), never another.
+Each server gets free loopback ports (or the ones asked for; gRPC too), a config written from the
+repository's config.properties, and a working directory of its own: key_file.json and logs/ land
+there, and TMPDIR/TEMP point into it, because TorchServe keeps its pid file in the temp directory and
+its worker sockets at $TEMP/.ts.sock.9000 — two servers sharing /tmp refuse to start or take over each
+other's workers. `stop()` stops exactly the server it started (its own process session), never another,
+also when it was launched the usual way, without --foreground (the launcher returns at once and leaves
+Java running in that session):
+
+    readme = "export TS_CONFIG_FILE=$PWD/config.properties; torchserve --start --models seqrec.mar"
+    LocalTorchServe(root / "model_store", workdir=root, config=None, ports=config_ports(),
+                    command=["bash", "-c", readme])    # root holds config.properties, model_store/
 """
 from __future__ import annotations
 
@@ -25,13 +31,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config.properties"
 _ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
+_GRPC_KEYS = ("grpc_inference_port", "grpc_management_port")  # TorchServe opens both: 7070/7071 by default
 _LAUNCHER_PID = "launcher.pid"  # our record of the `torchserve` launcher, for stop_server_in()
 
 
@@ -97,13 +104,19 @@ class LocalTorchServe:
         ports: (inference, management, metrics); free loopback ports if None.
         settings: config.properties entries to set or add, e.g. {"number_of_gpu": "0"}.
         env: environment changes for the server; a None value removes the variable.
-        config: the config.properties to start from (default: the repository's).
+        config: the config.properties to start from (default: the repository's); None writes no
+            config, for a `command` that finds its own.
+        config_at: where the server's config is written (default: <workdir>/config.properties).
+        command: the launch command, run in workdir with `environ()` (default: `torchserve --start
+            --ncs --foreground --ts-config <config_at> --models <models>`). Without --foreground
+            the launcher exits at once; the server is then what it left in its process session.
     """
 
     def __init__(self, model_store, models: Sequence[str] = ("seqrec=seqrec.mar",), *,
                  workdir=None, ports: Optional[Tuple[int, int, int]] = None,
                  settings: Optional[Mapping[str, str]] = None,
-                 env: Optional[Mapping[str, Optional[str]]] = None, config=CONFIG) -> None:
+                 env: Optional[Mapping[str, Optional[str]]] = None, config=CONFIG, config_at=None,
+                 command: Optional[Sequence[str]] = None) -> None:
         self.model_store = Path(model_store).resolve()
         self.models = list(models)
         self._own_workdir = workdir is None
@@ -112,7 +125,11 @@ class LocalTorchServe:
         self.inference_port, self.management_port, self.metrics_port = self.ports
         self.settings = dict(settings or {})
         self.env = dict(env or {})
-        self.config = Path(config)
+        self.config = Path(config) if config is not None else None
+        self.config_at = Path(config_at).resolve() if config_at is not None else self.dir / "config.properties"
+        self.command = list(command) if command is not None else [
+            "torchserve", "--start", "--ncs", "--foreground", "--ts-config", str(self.config_at),
+            "--models", *self.models]
         self.proc: Optional[subprocess.Popen] = None
         self._log = None
 
@@ -158,7 +175,7 @@ class LocalTorchServe:
         if _running_launcher(self.dir) is not None:
             raise RuntimeError(f"a TorchServe started from {self.dir} is still running: stop it first "
                                "(make stop, or stop_server_in(workdir))")
-        busy = [p for p in self.ports if not _port_free(p)]
+        busy = ports_in_use(self.ports)
         if busy:
             raise RuntimeError(f"port(s) {busy} already in use on 127.0.0.1: another server running?")
         tmp = self.dir / "tmp"
@@ -167,33 +184,50 @@ class LocalTorchServe:
         shutil.rmtree(tmp, ignore_errors=True)
         self.key_file.unlink(missing_ok=True)
         tmp.mkdir(parents=True)
-        (self.dir / "config.properties").write_text(self._config_text())
-        env = dict(os.environ, TMPDIR=str(tmp), TEMP=str(tmp))
+        if self.config is not None:
+            self.config_at.parent.mkdir(parents=True, exist_ok=True)
+            self.config_at.write_text(self._config_text())
+        self._log = open(self.dir / "torchserve.out", "wb")
+        # Its own session: the launcher leads a process group holding Java and every worker, which
+        # stop() can end as a whole without touching anything else.
+        self.proc = subprocess.Popen(self.command, cwd=self.dir, env=self.environ(), stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        (self.dir / _LAUNCHER_PID).write_text(str(self.proc.pid))
+        return self
+
+    def environ(self) -> Dict[str, str]:
+        """The environment of this server's launch, and of any `torchserve --stop` run beside it
+        (in self.dir): its own TMPDIR/TEMP, this Python's torchserve first on PATH."""
+        tmp = str(self.dir / "tmp")
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        env = dict(os.environ, TMPDIR=tmp, TEMP=tmp, PATH=path, PWD=str(self.dir))
         for k, v in self.env.items():
             if v is None:
                 env.pop(k, None)
             else:
                 env[k] = v
-        launcher = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
-        self._log = open(self.dir / "torchserve.out", "wb")
-        # Its own session: the launcher leads a process group holding Java and every worker, which
-        # stop() can end as a whole without touching anything else.
-        self.proc = subprocess.Popen(
-            [launcher, "--start", "--ncs", "--foreground", "--ts-config", "config.properties",
-             "--models", *self.models],
-            cwd=self.dir, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        (self.dir / _LAUNCHER_PID).write_text(str(self.proc.pid))
-        return self
+        return env
+
+    def running(self) -> bool:
+        """The launcher runs, or something it started still runs in its session."""
+        return self.proc is not None and (self.proc.poll() is None or bool(session_pids(self.proc.pid)))
+
+    def wait_stopped(self, timeout: float = 60) -> None:
+        """Wait until nothing of this server runs (e.g. after a `torchserve --stop`)."""
+        deadline = time.monotonic() + timeout
+        while self.running():
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.command, timeout)
+            time.sleep(0.2)
 
     def _config_text(self) -> str:
         text = self.config.read_text()
         values: Dict[str, str] = {
             key: f"http://127.0.0.1:{port}" for key, port in zip(_ADDRESS_KEYS, self.ports)}
         values["model_store"] = str(self.model_store)
-        metrics = re.search(r"(?m)^metrics_config=(.+)$", text)
-        if metrics and not Path(metrics.group(1).strip()).is_absolute():
-            # relative to the directory torchserve starts in, which is no longer the config's
-            values["metrics_config"] = str((self.config.parent / metrics.group(1).strip()).resolve())
+        unset_grpc = [k for k in _GRPC_KEYS if k not in self.settings and not re.search(rf"(?m)^{k}=", text)]
+        # off TorchServe's fixed defaults, so that several servers (and the shipped one) can run
+        values.update(zip(unset_grpc, map(str, free_ports(len(unset_grpc)))))
         values.update(self.settings)
         for key, value in values.items():
             text, n = re.subn(rf"(?m)^{re.escape(key)}=.*$", lambda _: f"{key}={value}", text)
@@ -212,8 +246,8 @@ class LocalTorchServe:
         deadline = time.monotonic() + timeout
         pending = list(paths)
         while pending:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"torchserve exited with {self.proc.returncode}:\n{self.logs()}")
+            if not self.running():
+                raise RuntimeError(f"torchserve exited (launcher: {self.proc.returncode}):\n{self.logs()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"torchserve not ready after {timeout:.0f}s:\n{self.logs()}")
             try:
@@ -249,15 +283,15 @@ class LocalTorchServe:
         if self.proc is None:
             return
         try:
-            if self.proc.poll() is None:
+            if self.running():
                 _terminate(self.proc.pid, self.dir / "tmp" / ".model_server.pid", timeout,
-                           wait=lambda t: self.proc.wait(timeout=t))
+                           wait=self.wait_stopped)
         finally:
             if self._log is not None:
                 self._log.close()
                 self._log = None
         (self.dir / _LAUNCHER_PID).unlink(missing_ok=True)
-        if self._own_workdir and self.proc.returncode is not None:
+        if self._own_workdir and not self.running():
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalTorchServe":
@@ -268,7 +302,7 @@ class LocalTorchServe:
 
     def __repr__(self) -> str:
         state = "not started" if self.proc is None else (
-            "running" if self.proc.poll() is None else f"exited {self.proc.returncode}")
+            "running" if self.running() else f"exited {self.proc.returncode}")
         return f"LocalTorchServe({self.base_url}, models={self.models}, dir={str(self.dir)!r}, {state})"
 
 
@@ -335,6 +369,25 @@ def _wait_gone(pid: int, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise subprocess.TimeoutExpired(f"pid {pid}", timeout)
         time.sleep(0.2)
+
+
+def session_pids(sid: int) -> List[int]:
+    """Live (not zombie) processes of session `sid`, e.g. a LocalTorchServe's `proc.pid`: also what
+    the launcher left behind once it exited. A zombie is over; init may never reap an orphaned Java."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def ports_in_use(ports: Iterable[int]) -> List[int]:
+    """Those of `ports` that something on 127.0.0.1 already holds."""
+    return [p for p in ports if not _port_free(p)]
 
 
 def _port_free(port: int) -> bool:

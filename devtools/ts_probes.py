@@ -11,13 +11,14 @@ Used by tests/reliability and bench/reliability.py.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import socket
 from pathlib import Path
 from typing import Dict, List
 
 import requests
+
+from devtools.local_server import session_pids
 
 # What TorchServe 0.12's frontend logs (logs/ts_log.log) when a worker process goes away.
 _RESTART_LINES = re.compile(r"Backend worker process died|Worker disconnected|Retry worker|Worker died")
@@ -27,21 +28,15 @@ def server_processes(ts) -> Dict[str, List[int]]:
     """{"frontend": [java pid], "workers": [python worker pids]}: the processes of the server's own
     session (LocalTorchServe starts the launcher with start_new_session)."""
     out: Dict[str, List[int]] = {"frontend": [], "workers": []}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in session_pids(ts.proc.pid):  # session id = the launcher's pid
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) != ts.proc.pid or fields[0] == "Z":  # session id = the launcher's pid
-            continue
         if b"model_service_worker" in cmd:
-            out["workers"].append(int(entry))
+            out["workers"].append(pid)
         elif b"java" in cmd.split(b" ")[0]:
-            out["frontend"].append(int(entry))
+            out["frontend"].append(pid)
     return out
 
 
