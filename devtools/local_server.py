@@ -6,7 +6,7 @@
         ts.wait_ready(["/predictions/seqrec"])
         print(ts.post(body={"history": [100003], "k": 5}).json())
 
-Each server gets free loopback ports (or the ones asked for; gRPC too), a config written from the
+Each server gets free loopback ports, gRPC's too (or the ones asked for), a config written from the
 repository's config.properties, and a working directory of its own: key_file.json and logs/ land
 there, and TMPDIR/TEMP point into it, because TorchServe keeps its pid file in the temp directory and
 its worker sockets at $TEMP/.ts.sock.9000 — two servers sharing /tmp refuse to start or take over each
@@ -101,7 +101,7 @@ class LocalTorchServe:
             one registered for a name is its default version.
         workdir: where the config, key_file.json, logs/ and tmp/ go; a fresh temporary folder if
             None (removed by `stop()`; the errors of wait_ready() carry the logs).
-        ports: (inference, management, metrics); free loopback ports if None.
+        ports: (inference, management, metrics); free loopback ports if None, gRPC ones too.
         settings: config.properties entries to set or add, e.g. {"number_of_gpu": "0"}.
         env: environment changes for the server; a None value removes the variable.
         config: the config.properties to start from (default: the repository's); None writes no
@@ -121,6 +121,7 @@ class LocalTorchServe:
         self.models = list(models)
         self._own_workdir = workdir is None
         self.dir = Path(workdir if workdir is not None else tempfile.mkdtemp(prefix="seqrec-torchserve-")).resolve()
+        self._free_ports = ports is None  # then gRPC's too, unless settings name them
         self.ports = tuple(ports) if ports is not None else free_ports(3)
         self.inference_port, self.management_port, self.metrics_port = self.ports
         self.settings = dict(settings or {})
@@ -225,9 +226,9 @@ class LocalTorchServe:
         values: Dict[str, str] = {
             key: f"http://127.0.0.1:{port}" for key, port in zip(_ADDRESS_KEYS, self.ports)}
         values["model_store"] = str(self.model_store)
-        unset_grpc = [k for k in _GRPC_KEYS if k not in self.settings and not re.search(rf"(?m)^{k}=", text)]
-        # off TorchServe's fixed defaults, so that several servers (and the shipped one) can run
-        values.update(zip(unset_grpc, map(str, free_ports(len(unset_grpc)))))
+        if self._free_ports:  # off TorchServe's fixed gRPC defaults: several servers can run
+            unset = [k for k in _GRPC_KEYS if k not in self.settings and not re.search(rf"(?m)^{k}=", text)]
+            values.update(zip(unset, map(str, free_ports(len(unset)))))
         values.update(self.settings)
         for key, value in values.items():
             text, n = re.subn(rf"(?m)^{re.escape(key)}=.*$", lambda _: f"{key}={value}", text)
