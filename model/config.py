@@ -1,14 +1,102 @@
-"""Typed model config: defaults in code, unknown keys fail loudly, saved with every artifact."""
+"""Typed model config: defaults in code, unknown keys and out-of-range values fail loudly, saved
+with every artifact. `check_fields` is the one validation helper, shared with train.TrainConfig."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 # Per-event categorical features, one column each in the (B, T, F) feature tensor.
 # 0 always means padding / absent; 1 means "unknown value".
 FEATURE_AGE, FEATURE_GAP, FEATURE_EVENT_TYPE, FEATURE_SOURCE, FEATURE_STRENGTH = 0, 1, 2, 3, 4
 NUM_EVENT_FEATURES = 5
+
+
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of its range, or an unknown key; `key` names it,
+    dotted below a section (model.embedding_dim)."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key} {problem}")
+        self.key, self.problem = key, problem
+
+    def within(self, section: str) -> "ConfigError":
+        return ConfigError(f"{section}.{self.key}", self.problem)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a field allows besides its type: a range, or a list of choices."""
+    low: Optional[float] = None       # inclusive, unless low_open
+    high: Optional[float] = None      # exclusive: probabilities live in [0, 1)
+    low_open: bool = False
+    choices: Tuple[str, ...] = ()
+
+    def allows(self, v: Any) -> bool:
+        if self.choices:
+            return v in self.choices
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        return self.high is None or v < self.high
+
+    def describe(self, hint: Any) -> str:
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        kind = _type_name(hint)
+        if self.high is not None:
+            return f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g})"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        return kind
+
+
+_TYPE_NAMES = {int: ("an integer", "integers"), float: ("a finite number", "finite numbers"),
+               bool: ("true or false", "booleans"), str: ("a string", "strings")}
+
+
+def _type_name(hint: Any, plural: bool = False) -> str:
+    if typing.get_origin(hint) is list:
+        inner = _type_name(typing.get_args(hint)[0], plural=True)
+        return f"lists of {inner}" if plural else f"a list of {inner}"
+    return _TYPE_NAMES[hint][plural]
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_type_ok(v, typing.get_args(hint)[0]) for v in value)
+    if isinstance(value, bool):  # bool is an int subclass: true is not an epoch count
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, hint)
+
+
+def check_fields(config: Any, rules: Dict[str, Rule]) -> None:
+    """Check every field of a config dataclass against its annotated type and its rule; nested
+    dataclass fields check themselves. Ints given for floats become floats. Raises ConfigError."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        hint, value = hints[f.name], getattr(config, f.name)
+        if dataclasses.is_dataclass(hint):
+            continue
+        rule = rules.get(f.name, Rule())
+        if not _type_ok(value, hint) or not rule.allows(value):
+            raise ConfigError(f.name, f"must be {rule.describe(hint)}, got {value!r}")
+        if hint is float:
+            setattr(config, f.name, float(value))
+
+
+def check_keys(cls: Any, d: Dict[str, Any]) -> None:
+    """Every key of `d` must be a field of the dataclass `cls`; raises ConfigError for the first
+    that is not, with the closest known name."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in sorted(set(d) - set(names)):
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(names))}"
+        raise ConfigError(key, f"is not a config key ({hint})")
 
 
 @dataclass
@@ -55,16 +143,28 @@ class ModelConfig:
                                        # DropoutNet way to the same end (slows warm learning)
 
     def __post_init__(self):
-        if self.age_reference not in ("now", "next"):
-            raise ValueError(f"age_reference must be 'now' or 'next', got {self.age_reference!r}")
+        check_fields(self, MODEL_RULES)
+        if self.strength_edges != sorted(self.strength_edges):
+            raise ConfigError("strength_edges", f"must be ascending, got {self.strength_edges}")
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig keys: {unknown}; known: {sorted(names)}")
+        check_keys(cls, d)
         return cls(**d)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Ranges of the fields that have one (every field's type is checked from its annotation).
+PROBABILITY = Rule(low=0.0, high=1.0)
+MODEL_RULES: Dict[str, Rule] = {
+    "num_items": Rule(low=0), "embedding_dim": Rule(low=1), "hidden_dim": Rule(low=1),
+    "num_layers": Rule(low=1), "dropout": PROBABILITY, "total_length": Rule(low=1),
+    "init_scale": Rule(low=0.0, low_open=True),
+    "time_buckets": Rule(low=3),  # 0 padding, 1 unknown, 2 under a minute (features.time_bucket)
+    "age_reference": Rule(choices=("now", "next")),
+    "strength_buckets": Rule(low=1), "feature_dim": Rule(low=1), "feature_dropout": PROBABILITY,
+    "content_hash_buckets": Rule(low=1), "content_max_tokens": Rule(low=1),
+    "content_loss_weight": Rule(low=0.0), "id_dropout": PROBABILITY,
+}

@@ -13,21 +13,27 @@ table does not know (indices past num_items, added by a catalogue update through
 Everything a server needs (padding, event encoding, the score transform) is a method of this
 module, so `torch.jit.script(model)` carries the one source of truth into the handler.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Final, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Feature columns are written as literals below (TorchScript cannot read module constants):
-# 0 age, 1 gap, 2 event type, 3 source, 4 strength -- see config.FEATURE_*.
-from .config import NUM_EVENT_FEATURES, ModelConfig
+from .config import (FEATURE_AGE, FEATURE_EVENT_TYPE, FEATURE_GAP, FEATURE_SOURCE, FEATURE_STRENGTH,
+                     NUM_EVENT_FEATURES, ModelConfig)
 from .content import ContentEncoder
 from .features import encode_time_features, strength_bucket
 from .padding import pad_batch
 
 
 class SequenceModel(nn.Module):
+    # Feature columns as Final class attributes: scripted code cannot read a module-level int, but
+    # inlines these as constants.
+    AGE: Final[int] = FEATURE_AGE
+    GAP: Final[int] = FEATURE_GAP
+    EVENT_TYPE: Final[int] = FEATURE_EVENT_TYPE
+    SOURCE: Final[int] = FEATURE_SOURCE
+    STRENGTH: Final[int] = FEATURE_STRENGTH
     event_type_ids: Dict[str, int]
     source_ids: Dict[str, int]
     strength_edges: List[float]
@@ -138,16 +144,16 @@ class SequenceModel(nn.Module):
         time_feats = encode_time_features(timestamps, now, self.time_buckets, self.until_next)
         rows: List[List[int]] = []
         for i in range(len(timestamps)):
-            row = [0, 0, 0, 0, 0]
+            row = [0] * self.num_features
             if self.use_time:
-                row[0] = time_feats[i][0]
-                row[1] = time_feats[i][1]
+                row[self.AGE] = time_feats[i][0]
+                row[self.GAP] = time_feats[i][1]
             if self.use_event_type:
-                row[2] = self.event_type_ids.get(event_types[i], 1)
+                row[self.EVENT_TYPE] = self.event_type_ids.get(event_types[i], 1)
             if self.use_source:
-                row[3] = self.source_ids.get(sources[i], 1)
+                row[self.SOURCE] = self.source_ids.get(sources[i], 1)
             if self.use_strength:
-                row[4] = strength_bucket(strengths[i], self.strength_edges)
+                row[self.STRENGTH] = strength_bucket(strengths[i], self.strength_edges)
             rows.append(row)
         return rows
 
@@ -205,14 +211,14 @@ class SequenceModel(nn.Module):
             unknown = (torch.rand(features.shape, device=features.device) < self.feature_dropout) & (features > 0)
             features = torch.where(unknown, torch.ones_like(features), features)
         if self.use_time:
-            x.append(self.age_embedding(features[:, :, 0]))
-            x.append(self.gap_embedding(features[:, :, 1]))
+            x.append(self.age_embedding(features[:, :, self.AGE]))
+            x.append(self.gap_embedding(features[:, :, self.GAP]))
         if self.use_event_type:
-            x.append(self.type_embedding(features[:, :, 2]))
+            x.append(self.type_embedding(features[:, :, self.EVENT_TYPE]))
         if self.use_source:
-            x.append(self.source_embedding(features[:, :, 3]))
+            x.append(self.source_embedding(features[:, :, self.SOURCE]))
         if self.use_strength:
-            x.append(self.strength_embedding(features[:, :, 4]))
+            x.append(self.strength_embedding(features[:, :, self.STRENGTH]))
         h, _ = self.lstm(self.input_dropout(torch.cat(x, dim=-1)))
         return F.normalize(self.rnn2item(self.output_dropout(h)), dim=-1)
 

@@ -16,6 +16,7 @@ import logging
 import sys
 
 from .config import load_config
+from .errors import UserError, cli_error
 from .pipeline import run
 
 
@@ -42,9 +43,9 @@ def main(argv=None) -> int:
         overrides.append(f"version={json.dumps(args.version)}")
     try:
         cfg = load_config(args.config, overrides)
-    except (ValueError, TypeError) as e:
-        ap.error(str(e))
-    summary = run(cfg, args.out, resume=not args.fresh)
+        summary = run(cfg, args.out, resume=not args.fresh)
+    except UserError as e:  # a mistake in what was asked: one line; anything else is a bug
+        return cli_error(ap.prog, e)
     if not summary:  # a non-zero torchrun rank: rank 0 reports
         return 0
     test = summary["test"]

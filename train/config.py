@@ -1,12 +1,20 @@
-"""Training config: defaults in code, overrides that fail loudly, saved with the artifact."""
+"""Training config: defaults in code, overrides that fail loudly, saved with the artifact.
+
+Every value is checked at construction (type from the annotation, range from TRAIN_RULES and
+model.config.MODEL_RULES); from_dict, override and load_config raise UserError naming the key.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from model import ModelConfig
+from model.config import PROBABILITY, ConfigError, Rule, check_fields, check_keys
+
+from .errors import UserError
 
 
 @dataclass
@@ -43,25 +51,40 @@ class TrainConfig:
                                      # their cold-start ranking from content (train/coldstart.py)
     model: ModelConfig = field(default_factory=ModelConfig)
 
+    def __post_init__(self):
+        check_fields(self, TRAIN_RULES)
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigError("model", f"must be a ModelConfig, got {self.model!r}")
+        if self.refit_on_validation and self.split != "loo":
+            raise ConfigError("refit_on_validation", f"needs split='loo', got split={self.split!r}")
+
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        d = dict(d)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys: {unknown}; known: {sorted(names)}")
-        model = ModelConfig.from_dict(d.pop("model", {}) or {})
-        return cls(model=model, **d)
+        """Raises UserError naming the first bad key, dotted below model (model.embedding_dim)."""
+        try:
+            d = dict(d)
+            check_keys(cls, d)
+            model = d.pop("model", None) or {}
+            if not isinstance(model, dict):
+                raise ConfigError("model", f"must be an object of model keys, got {model!r}")
+            try:
+                model = ModelConfig.from_dict(model)
+            except ConfigError as e:
+                raise e.within("model") from None
+            return cls(model=model, **d)
+        except ConfigError as e:  # model/ cannot raise train's UserError: translated here, once
+            raise UserError(str(e)) from None
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
     def override(self, assignments: List[str]) -> "TrainConfig":
-        """Apply `key=value` (or `model.key=value`) strings; values parsed as JSON when they can be."""
+        """Apply `key=value` (or `model.key=value`) strings; values parsed as JSON when they can be,
+        except that a string field takes the text as given (version=2.0 is the string "2.0")."""
         d = self.to_dict()
         for a in assignments:
             if "=" not in a:
-                raise ValueError(f"override must be key=value, got {a!r}")
+                raise UserError(f"override must be KEY=VALUE, got {a!r}")
             key, raw = a.split("=", 1)
             try:
                 value = json.loads(raw)
@@ -71,14 +94,60 @@ class TrainConfig:
             *parents, leaf = key.split(".")
             for p in parents:
                 if not isinstance(target.get(p), dict):
-                    raise ValueError(f"unknown config section {p!r} in {a!r}")
+                    raise UserError(f"{key}: {p!r} is not a config section (the only one is 'model')")
                 target = target[p]
-            if leaf not in target:
-                raise ValueError(f"unknown config key {key!r}; known: {sorted(target)}")
+            if leaf not in target:  # from_dict names it, with the closest known key
+                target[leaf] = value
+                continue
+            if isinstance(target[leaf], str) and not isinstance(value, str):
+                value = raw
             target[leaf] = value
         return TrainConfig.from_dict(d)
 
 
 def load_config(path: Optional[str], overrides: List[str]) -> TrainConfig:
-    base = TrainConfig.from_dict(json.loads(open(path).read())) if path else TrainConfig()
-    return base.override(overrides)
+    """The JSON file's config (or the defaults), then the overrides; UserError for a missing or
+    malformed file."""
+    if not path:
+        return TrainConfig().override(overrides)
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--config: no such file {path!r}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--config: cannot read {path!r}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"--config: {path!r} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"--config: {path!r} must hold a JSON object of config keys, got {type(d).__name__}")
+    return TrainConfig.from_dict(d).override(overrides)
+
+
+def config_diff(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[str]:
+    """Dotted keys (model.hidden_dim) whose values differ between two config dicts, or that only
+    one of them has."""
+    out: List[str] = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k, _MISSING), b.get(k, _MISSING)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+_MISSING = object()
+# Ranges of the fields that have one (every field's type is checked from its annotation).
+TRAIN_RULES: Dict[str, Rule] = {
+    "split": Rule(choices=("loo", "temporal")),
+    "temporal_cut": Rule(low=0.0, high=1.0, low_open=True),
+    "min_events": Rule(low=3),  # leave-one-out needs a history, a validation and a test event
+    "epochs": Rule(low=1), "batch_size": Rule(low=1), "lr": Rule(low=0.0, low_open=True),
+    "weight_decay": Rule(low=0.0), "sample_size": Rule(low=1),
+    "negatives": Rule(choices=("uniform", "popularity")),
+    "patience": Rule(low=1), "eval_every": Rule(low=1), "max_eval_users": Rule(low=0),
+    "max_train_seconds": Rule(low=0.0), "seed": Rule(low=0), "num_threads": Rule(low=0),
+    "synthetic_users": Rule(low=1), "synthetic_items": Rule(low=12),  # train.synthetic: 12 categories
+    "synthetic_seed": Rule(low=0), "cold_start_items": PROBABILITY,
+}

@@ -34,6 +34,9 @@ from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +103,17 @@ class ColumnMap:
 
 
 def read_table(path: Union[str, Path], **kwargs) -> pd.DataFrame:
-    """CSV (optionally compressed) or Parquet, chosen by extension."""
+    """CSV (optionally compressed) or Parquet, chosen by extension; UserError for a missing file or
+    an unknown extension."""
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"no such file: {str(path)!r}")
     name = path.name.lower()
     if name.endswith(".parquet") or name.endswith(".pq"):
         return pd.read_parquet(path, **kwargs)
     if any(name.endswith(ext) for ext in (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")):
         return pd.read_csv(path, **kwargs)
-    raise ValueError(f"cannot tell the format of {path}: expected .csv[.gz|.bz2|.zip|.xz] or .parquet")
+    raise UserError(f"cannot tell the format of {path}: expected .csv[.gz|.bz2|.zip|.xz] or .parquet")
 
 
 def load_events(
@@ -132,8 +138,11 @@ def load_events(
         # Ids are read as text so that "007" and ids in a column with gaps keep their exact spelling.
         as_text = {columns.user_id: str, columns.item_id: str}
         is_parquet = str(path_or_df).lower().endswith((".parquet", ".pq"))
-        raw = read_table(path_or_df) if is_parquet else _read_csv(path_or_df, as_text, malformed)
         origin = name or str(path_or_df)
+        try:
+            raw = read_table(path_or_df) if is_parquet else _read_csv(path_or_df, as_text, malformed)
+        except _UNREADABLE as e:
+            raise UserError(f"{origin}: cannot read the event log: {e}") from None
 
     mapping = _resolve_columns(raw, columns, origin)
     df = raw.rename(columns={src: dst for dst, src in mapping.items()})
@@ -178,6 +187,10 @@ def load_events(
     return df, report
 
 
+# What a file that is not a readable table raises (permissions, a folder, binary junk, no header).
+_UNREADABLE = (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException)
+
+
 def _read_csv(path, dtype, malformed: list) -> pd.DataFrame:
     """The fast C parser for a well-formed file. A line with more fields than the header makes it
     raise, or, when it is the first data line, silently shift every column (pandas takes the extra
@@ -219,7 +232,7 @@ def _resolve_columns(df: pd.DataFrame, columns: ColumnMap, origin: str) -> Dict[
     for canon in REQUIRED:
         src = getattr(columns, canon)
         if src not in df.columns:
-            raise ValueError(f"{origin}: required column {src!r} (for {canon}) is missing; "
+            raise UserError(f"{origin}: required column {src!r} (for {canon}) is missing; "
                              f"available columns: {available}")
         mapping[canon] = src
     for canon in OPTIONAL:
@@ -228,11 +241,11 @@ def _resolve_columns(df: pd.DataFrame, columns: ColumnMap, origin: str) -> Dict[
             mapping[canon] = src
     sources = set(mapping.values())
     if len(sources) < len(mapping):
-        raise ValueError(f"{origin}: one input column mapped to several canonical columns: {mapping}")
+        raise UserError(f"{origin}: one input column mapped to several canonical columns: {mapping}")
     for canon, src in mapping.items():
         # e.g. mapping user_id <- session_id while an unrelated user_id column exists: refuse to guess.
         if canon != src and canon in df.columns and canon not in sources:
-            raise ValueError(f"{origin}: column {canon!r} would be overwritten by {src!r}; "
+            raise UserError(f"{origin}: column {canon!r} would be overwritten by {src!r}; "
                              f"rename or drop {canon!r} first")
     return mapping
 

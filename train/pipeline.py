@@ -23,6 +23,7 @@ from handler.seqrec_artifact import ItemIndex
 from model import ModelConfig, SequenceModel
 
 from .config import TrainConfig
+from .errors import UserError
 from .evaluate import evaluate_ranking, model_scorer, popularity_scorer, summarize
 from .events import DropReport, load_events
 from .export import export_model
@@ -50,38 +51,62 @@ class Prepared:
 
 def load_data(cfg: TrainConfig):
     """-> (events, items or None, DropReport) in the canonical schema of train.events."""
+    from .datasets import LOADERS, load_dataset
     if cfg.data == "synthetic":
         from .synthetic import generate_marketplace
         events, items = generate_marketplace(n_users=cfg.synthetic_users, n_items=cfg.synthetic_items,
                                             seed=cfg.synthetic_seed)
         return events, items, DropReport(rows_read=len(events))
-    if Path(cfg.data).suffix in (".csv", ".parquet"):
-        events, drops = load_events(cfg.data)
-        return events, None, drops
-    from .datasets import load_dataset
-    return load_dataset(cfg.data)
+    if cfg.data in LOADERS:
+        try:
+            return load_dataset(cfg.data)
+        except FileNotFoundError as e:  # the bundled data is not where SEQREC_DATA points
+            raise UserError(str(e)) from None
+    if not Path(cfg.data).exists():
+        raise UserError(f"data: {cfg.data!r} is not 'synthetic', a bundled dataset ({', '.join(sorted(LOADERS))}) "
+                        f"or an existing event-log file (.csv or .parquet)")
+    events, drops = load_events(cfg.data)
+    return events, None, drops
 
 
 def prepare(cfg: TrainConfig) -> Prepared:
     events, items, drops = load_data(cfg)
     if events.empty:
-        raise ValueError(f"no events left in {cfg.data!r} after loading: {drops.to_dict()}")
+        raise UserError(f"no events left in {cfg.data!r} after loading: {drops.to_dict()}")
     cold = None
     if cfg.cold_start_items > 0:
         from .coldstart import hold_out_items
         events, cold = hold_out_items(events, cfg.cold_start_items, cfg.seed)
     index = ItemIndex.from_items(events["item_id"])
     events = events.assign(item_idx=index.encode(events["item_id"]))
-    if cfg.split == "loo":
+    if cfg.split == "loo":  # the config allows only these two
         split = leave_one_out(events, cfg.min_events)
-    elif cfg.split == "temporal":
-        split = temporal_split(events, cfg.temporal_cut)
     else:
-        raise ValueError(f"split must be 'loo' or 'temporal', got {cfg.split!r}")
+        split = temporal_split(events, cfg.temporal_cut)
+    check_evaluable(split, cfg, events)
     train_rows = np.concatenate(split.train) if split.train else np.zeros(0, np.int64)
     popularity = np.bincount(events["item_idx"].to_numpy()[train_rows], minlength=len(index) + 1)
     popularity[0] = 0
     return Prepared(events, items, drops, index, split, EventColumns(events), popularity, cold)
+
+
+def check_evaluable(split: Split, cfg: TrainConfig, events: pd.DataFrame) -> None:
+    """Fail before training when the split leaves no validation or no test case: the metrics would
+    be NaN and early stopping blind."""
+    if len(split.valid) and len(split.test):
+        return
+    users, n = events["user_id"].nunique(), len(events)
+    if cfg.split == "loo":
+        longest = int(events.groupby("user_id").size().max())
+        fix = (f"lower min_events (to {max(longest, 3)} or less)" if longest >= 3
+               else "use a log where users have 3 or more events, or split=temporal")
+        raise UserError(f"nothing to evaluate: none of the {users} users ({n} events) has the "
+                        f"min_events={cfg.min_events} events that split=loo needs for a validation and "
+                        f"a test event (the longest history has {longest}); {fix}")
+    empty = "validation" if not len(split.valid) else "test"
+    raise UserError(f"nothing to evaluate: split=temporal with temporal_cut={cfg.temporal_cut} leaves no "
+                    f"{empty} case among {users} users ({n} events): no user has an event before the "
+                    f"{empty} period and one in it; change temporal_cut or use split=loo")
 
 
 def fit_event_vocabularies(mc: ModelConfig, prep: Prepared, data: str) -> None:
@@ -91,7 +116,7 @@ def fit_event_vocabularies(mc: ModelConfig, prep: Prepared, data: str) -> None:
     for on, column in ((mc.use_event_type, "event_type"), (mc.use_source, "source"),
                        (mc.use_strength, "strength")):
         if on and column not in prep.events:
-            raise ValueError(f"model.use_{column}: {data!r} has no {column!r} "
+            raise UserError(f"model.use_{column}: {data!r} has no {column!r} "
                              f"column (events have {list(prep.events.columns)})")
     if mc.use_event_type and not mc.event_types:
         mc.event_types = sorted(prep.events["event_type"].astype(str).unique().tolist())
@@ -107,7 +132,7 @@ def strength_edges(values: np.ndarray, max_buckets: int) -> List[float]:
     (ratings), else quantile buckets. NaN values (unknown) are ignored."""
     v = values[np.isfinite(values)]
     if len(v) == 0:
-        raise ValueError("model.use_strength: no training event has a numeric strength")
+        raise UserError("model.use_strength: no training event has a numeric strength")
     distinct = np.unique(v)
     if len(distinct) <= max_buckets:
         return distinct[1:].tolist()
@@ -128,7 +153,7 @@ def build_model(cfg: TrainConfig, prep: Prepared) -> SequenceModel:
     if mc.use_content:
         from .content import fit_content_spec, index_content
         if prep.items is None:
-            raise ValueError(f"model.use_content: {cfg.data!r} has no item table with content")
+            raise UserError(f"model.use_content: {cfg.data!r} has no item table with content")
         fit_content_spec(mc, prep.items)
         content = index_content(mc, prep.items, prep.index.ids)
     return SequenceModel(mc, vectors, content)
@@ -146,9 +171,8 @@ def _evaluate(model: SequenceModel, prep: Prepared, cases: Cases, cfg: TrainConf
 
 def _refit(cfg: TrainConfig, prep: Prepared, epochs: int, work: Path, resume: bool):
     """A fresh model trained for the validated epoch count on train + validation events (never
-    the test ones). Popularity is recounted on the same events, for the baseline and the export."""
-    if cfg.split != "loo":
-        raise ValueError("refit_on_validation needs split=loo")
+    the test ones). Popularity is recounted on the same events, for the baseline and the export.
+    Needs split=loo (TrainConfig checks it)."""
     rows = prep.split.train_with_valid
     prep.popularity = np.bincount(prep.cols.items[np.concatenate(rows)], minlength=len(prep.index) + 1)
     prep.popularity[0] = 0
@@ -181,10 +205,10 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
+    prep = prepare(cfg)  # data mistakes are found before anything is written
     out = Path(out_dir)
     work = out / "train"
     work.mkdir(parents=True, exist_ok=True)
-    prep = prepare(cfg)
     model = build_model(cfg, prep)
     data = SequentialDataset(model, prep.cols, prep.split.train)
     sampler = CandidateSampler(len(prep.index), cfg.sample_size, torch.as_tensor(prep.popularity), cfg.negatives)

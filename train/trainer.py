@@ -18,12 +18,18 @@ from tqdm import tqdm
 
 from model import SequenceModel
 
-from .config import TrainConfig
+from .config import TrainConfig, config_diff
+from .errors import UserError
 from .loss import SampledSoftmaxLoss
 from .negatives import CandidateSampler
 from .sequences import SequentialDataset
 
 log = logging.getLogger(__name__)
+
+# Config keys a resumed run may change: how long to go on and how to run, none of what the epochs
+# so far were trained on or validated with (a longer run resumes with more epochs, the kill test
+# reruns the same command, a version is only a label).
+RESUMABLE_CHANGES = ("epochs", "patience", "max_train_seconds", "num_threads", "version")
 
 
 @dataclass
@@ -60,6 +66,7 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
 
     if checkpoint is not None and checkpoint.exists():
         ck = torch.load(checkpoint, weights_only=True)
+        check_resumable(checkpoint, ck, cfg)
         model.load_state_dict(ck["model"]); opt.load_state_dict(ck["optimizer"])
         best_state = ck["best_model"]; gen.set_state(ck["generator"]); torch.set_rng_state(ck["torch_rng"])
         hist = History(**ck["history"]); start_epoch = ck["epoch"] + 1
@@ -115,7 +122,7 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
             dist.broadcast_object_list(flag, src=0)
             stop = flag[0]
         if checkpoint is not None and rank == 0:
-            _save(checkpoint, model, opt, best_state, gen, hist, epoch)
+            _save(checkpoint, model, opt, best_state, gen, hist, epoch, cfg)
         if stop:
             break
     model.load_state_dict(best_state)
@@ -135,9 +142,37 @@ def _length_bucketed_batches(lengths, batch_size: int, gen: torch.Generator, poo
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
-def _save(path: Path, model, opt, best_state, gen, hist: History, epoch: int) -> None:
+def check_resumable(path: Path, ck: Dict, cfg: TrainConfig) -> None:
+    """The checkpoint's config must be this run's, but for RESUMABLE_CHANGES. Both are resolved
+    configs (the model's num_items, vocabularies and edges filled in from the data, before fit), so
+    an unchanged rerun on the same data always matches."""
+    if "config" not in ck:
+        raise UserError(f"{path} was written without its config (by an older version), so it cannot be "
+                        f"checked against this run; rerun with --fresh to start over")
+    now = cfg.to_dict()
+    differ = [k for k in config_diff(ck["config"], now) if k not in RESUMABLE_CHANGES]
+    if differ:
+        shown = "; ".join(f"{k}: {_shown(ck['config'], k)} in the checkpoint, {_shown(now, k)} now"
+                          for k in differ[:5])
+        more = f" (and {len(differ) - 5} more)" if len(differ) > 5 else ""
+        raise UserError(f"{path} was trained with a different config: {shown}{more}; rerun with the "
+                        f"checkpoint's values, or with --fresh to start over")
+
+
+def _shown(config: Dict, dotted_key: str) -> str:
+    """The value at a dotted key, short enough for one line (vocabularies can be long)."""
+    value = config
+    for part in dotted_key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "absent"
+        value = value[part]
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _save(path: Path, model, opt, best_state, gen, hist: History, epoch: int, cfg: TrainConfig) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "best_model": best_state,
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "history": hist.__dict__, "epoch": epoch}, tmp)
+                "history": hist.__dict__, "epoch": epoch, "config": cfg.to_dict()}, tmp)
     os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
