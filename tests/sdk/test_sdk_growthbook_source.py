@@ -215,3 +215,48 @@ def test_the_first_load_fails_loudly(endpoint, dead_url, tmp_path):
         GrowthBookSource(path=tmp_path / "missing.json", feature=FEATURE)
     with pytest.raises(ValueError, match="exactly one"):
         GrowthBookSource(feature=FEATURE)
+
+
+def test_ready_checks_the_payloads_versions(server, tmp_path):
+    path = tmp_path / "features.json"
+    path.write_text(json.dumps(payload([RULE], default="2.0")))
+    with Client(server.url, experiments=GrowthBookSource(path=path, feature=FEATURE,
+                                                         refresh_s=None)) as client:
+        assert client.ready()
+    paths = [r.path for r in server.requests]
+    assert paths == ["/predictions/seqrec/2.0", "/predictions/seqrec/1.0"]
+
+
+def test_requests_during_refreshes_each_see_one_whole_definition(server, tmp_path):
+    # two definitions that send every user to different experiments and versions
+    a = payload([dict(RULE, key="exp-a", coverage=1.0, namespace=None)], default="1.0")
+    b = payload([dict(RULE, key="exp-b", variations=["2.0", "1.0"], coverage=1.0,
+                      namespace=None)], default="2.0")
+    path = tmp_path / "features.json"
+    path.write_text(json.dumps(a))
+    expected = {key: parse_features(p, FEATURE).experiments[0] for key, p in
+                (("exp-a", a), ("exp-b", b))}
+    exposures = []
+    source = GrowthBookSource(path=path, feature=FEATURE, refresh_s=0.005)
+    stop = threading.Event()
+
+    def flip():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            tmp = tmp_path / f"next-{i}.json"
+            tmp.write_text(json.dumps(b if i % 2 else a))
+            tmp.replace(path)  # atomic, as a deploy tool would write it
+            time.sleep(0.003)
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    with Client(server.url, experiments=source, on_exposure=exposures.append) as client:
+        client.recommend_many([{"history": [1], "k": 2, "user_id": f"u{i}"} for i in range(300)],
+                              max_workers=4)
+    stop.set()
+    flipper.join()
+    assert {e.experiment_key for e in exposures} == {"exp-a", "exp-b"}  # refreshed mid-run
+    for e in exposures:
+        variant = expected[e.experiment_key].assign(e.user_id)
+        assert (e.variant, e.model_version) == (variant.name, variant.model_version)
