@@ -26,6 +26,7 @@ With more than one treatment, alpha is split between them (Bonferroni).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple, Union
 
@@ -178,13 +179,14 @@ def readout(
         exposures, outcomes, experiment.key, kind=kind, include_fallbacks=include_fallbacks)
     per_alpha = alpha / max(1, len(experiment.variants) - 1)
     confidence = 1 - per_alpha
-    counted = {"exposures": {}, "fallbacks": {}}  # type: Dict[str, Dict[str, int]]
+    lists: Counter = Counter()
+    fallbacks: Counter = Counter()
     for e in exposures:
         if e.experiment_key == experiment.key and e.user_id in arm_of:
             if e.fallback and not include_fallbacks:
                 continue
-            counted["exposures"][e.variant] = counted["exposures"].get(e.variant, 0) + 1
-            counted["fallbacks"][e.variant] = counted["fallbacks"].get(e.variant, 0) + e.fallback
+            lists[e.variant] += 1
+            fallbacks[e.variant] += e.fallback
     arms = []
     for v in experiment.variants:
         users = [u for u, name in arm_of.items() if name == v.name]
@@ -192,7 +194,7 @@ def readout(
         arms.append(Arm(v.name, experiment.variation_id(v), len(users), conv,
                         conv / len(users) if users else 0.0,
                         wilson_interval(conv, len(users), confidence),
-                        counted["exposures"].get(v.name, 0), counted["fallbacks"].get(v.name, 0)))
+                        lists[v.name], fallbacks[v.name]))
     control = arms[0]
     comparisons = []
     for arm in arms[1:]:
