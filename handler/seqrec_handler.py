@@ -43,8 +43,9 @@ else:  # TorchServe: the archive's files land flat in model_dir, the worker's im
 
 log = logging.getLogger(__name__)
 
-# Metric name -> (type, unit, dimension names); declared the same way in handler/metrics.yaml,
-# which the frontend needs in order to publish them on /metrics (metrics_mode=prometheus).
+# Metric name -> (type, unit, dimension names). No metrics YAML declares them: _metric adds each
+# to the worker's cache on first use, and config.properties' model_metrics_auto_detect=true lets the
+# frontend publish them on /metrics with the type each metric line carries.
 METRICS = {
     "SeqrecRequests": (MetricTypes.COUNTER, "Count", ["Outcome", "ModelName", "Level"]),
     "SeqrecScoringSeconds": (MetricTypes.HISTOGRAM, "Seconds", ["ModelName", "Level"]),
@@ -253,7 +254,7 @@ class SeqrecHandler(BaseHandler):
         kind, unit, dim_names = METRICS[name]
         try:
             metric = metrics.get_metric(name, kind)
-        except Exception:  # not declared in the worker's metrics YAML: declare it here
+        except Exception:  # not in the worker's metrics YAML (TorchServe's default): declare it
             metric = metrics.add_metric_to_cache(name, unit, dim_names, kind)
         values = {"ModelName": self.model_name, "Level": "Model", **dims}
         metric.add_or_update(value, [str(values.get(d, "")) for d in metric.dimension_names])
