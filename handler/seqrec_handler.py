@@ -107,8 +107,9 @@ class SeqrecHandler(BaseHandler):
         t0 = time.perf_counter()
         outcomes.update(self._answer(requests))
         scoring_s = time.perf_counter() - t0
-        self._emit_metrics([_label(outcomes[i]) for i in range(len(data))], scoring_s if requests else None, len(data))
-        return [self._respond(context, i, outcomes[i]) for i in range(len(data))]
+        ordered = [outcomes[i] for i in range(len(data))]  # every index has exactly one outcome
+        self._emit_metrics([_label(o) for o in ordered], scoring_s if requests else None, len(data))
+        return [self._respond(context, i, o) for i, o in enumerate(ordered)]
 
     def describe(self) -> dict:
         keys = ("model_name", "model_version", "created_at", "item_id_type", "num_items",
@@ -165,14 +166,15 @@ class SeqrecHandler(BaseHandler):
         if not feats:
             return out
         order = list(feats)
+        seqs = [work[i].history.items for i in order]
         try:
-            out.update(zip(order, self._forward([work[i].history.items for i in order], [feats[i] for i in order])))
+            out.update(zip(order, self._forward(seqs, [feats[i] for i in order])))
             return out
         except Exception:  # noqa: BLE001
             log.exception("seqrec: batched forward failed; retrying one by one")
-        for i in order:
+        for i, seq in zip(order, seqs):
             try:
-                out[i] = self._forward([work[i].history.items], [feats[i]])[0]
+                out[i] = self._forward([seq], [feats[i]])[0]
             except Exception as e:  # noqa: BLE001
                 log.exception("seqrec: forward of request %d failed", i)
                 out[i] = Failure.internal(e)
