@@ -46,7 +46,7 @@ from bench.reliability_load import sdk_client
 from bench.reliability_phases import (PROPERTIES, phase_down, phase_fuzz, phase_kill_worker, phase_ramp,
                                       phase_rollout, phase_soak, rollout_cmd)
 from bench.serve_bench import build_export, request_bodies
-from devtools.fuzz_requests import Catalog
+from devtools.fuzz_oracle import Catalog
 from devtools.local_server import LocalTorchServe, archive, free_ports
 from devtools.ts_probes import server_processes, server_rss_mb
 

@@ -22,7 +22,8 @@ from typing import List, Optional
 import numpy as np
 
 from bench.reliability_load import Conn, describe, drive_sdk, load, restarts_logged, summarize, timeline
-from devtools.fuzz_requests import Catalog, check_answer, generate, http_cases, same_ranking, worker_input
+from devtools.fuzz_oracle import Catalog, check_answer, same_ranking, worker_input
+from devtools.fuzz_requests import generate, http_cases
 from devtools.local_server import LocalTorchServe
 from devtools.ts_probes import metric_sum, metrics_text, server_rss_mb, worker_pids
 

@@ -4,7 +4,7 @@ TorchServe drives it (ts.context.Context, per-request processors, the worker's J
     .venv/bin/python -m pytest -q tests/reliability/test_fuzz_handler.py
 
 Every bad body must get a 400 BadRequest naming the problem, every valid one a 200 that obeys the
-contract (fuzz_requests.check_answer) and ranks exactly as the same request sent alone: a hostile
+contract (devtools.fuzz_oracle.check_answer) and ranks exactly as the same request sent alone: a hostile
 neighbour in the batch must cost nothing.
 """
 import json
@@ -12,7 +12,8 @@ import random
 from collections import Counter
 
 import pytest
-from devtools.fuzz_requests import Catalog, check_answer, generate, same_ranking, worker_input
+from devtools.fuzz_oracle import Catalog, check_answer, same_ranking, worker_input
+from devtools.fuzz_requests import generate
 from handler_fixtures import load_handler, make_export, run_batch
 
 N_INT, N_STR = 8000, 2500  # int ids (the common case) and string ids

@@ -14,7 +14,8 @@ from collections import Counter
 
 import pytest
 import requests
-from devtools.fuzz_requests import Catalog, check_answer, generate, http_cases, same_ranking, worker_input
+from devtools.fuzz_oracle import Catalog, check_answer, same_ranking, worker_input
+from devtools.fuzz_requests import generate, http_cases
 from handler_fixtures import load_handler, run_batch
 from devtools.ts_probes import metric_sum, metrics_text, restarts_logged, worker_pids
 
