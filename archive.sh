@@ -2,7 +2,7 @@
 # Pack an export directory (docs/export-format.md) into a TorchServe model archive.
 #
 #   ./archive.sh artifacts/demo                    # -> model_store/seqrec_<version>.mar + seqrec.mar link
-#   torchserve --start --ncs --ts-config config.properties --models seqrec=seqrec.mar
+#   export TS_CONFIG_FILE=$PWD/config.properties && torchserve --start --models seqrec.mar
 #
 # One archive per model version, named <name>_<version>.mar so versions coexist in one model
 # store and load side by side (--models seqrec=seqrec_1.0.mar seqrec=seqrec_2.0.mar); <name>.mar

@@ -1,7 +1,7 @@
 """TorchServe handler for seqrec: N JSON requests in, N JSON answers out (docs/http-api.md).
 
     ./archive.sh artifacts/<export>            # packs this file, its helpers and the export
-    torchserve --start --ncs --ts-config config.properties --models seqrec=seqrec.mar
+    export TS_CONFIG_FILE=$PWD/config.properties && torchserve --start --models seqrec.mar
 
 A bad request gets 400 with {"code", "type", "message"} at its own index of the batch; the other
 requests of the batch are answered normally. Nothing a client sends can raise out of handle():
