@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,17 @@ def test_archive_sh_refuses_a_bad_export_in_one_line_and_packs_a_good_one(export
     r = archive(export, tmp_path / "store")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "store" / "seqrec_3.1.mar").is_file()
+
+
+def test_the_archive_carries_exactly_the_handler_folder_and_the_export(export, tmp_path):
+    """The .py files in the .mar are exactly those of handler/ (archive.sh packs the folder, so a
+    new helper module ships without a list to update), beside the export's files."""
+    assert archive(export, tmp_path / "store").returncode == 0
+    with zipfile.ZipFile(tmp_path / "store" / "seqrec_3.1.mar") as mar:
+        names = {n for n in mar.namelist() if not n.startswith("MAR-INF/")}
+    handler = {f.name for f in (ROOT / "handler").iterdir() if f.is_file()}
+    assert {n for n in names if n.endswith(".py")} == {n for n in handler if n.endswith(".py")}
+    assert names == handler | {"model.pt", "item_vectors.npy", "items.parquet", "metadata.json"}
 
 
 # ---- the handler
