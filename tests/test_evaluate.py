@@ -1,7 +1,10 @@
 import numpy as np
+import pytest
 import torch
 
-from train.evaluate import metrics_from_ranks, summarize, target_ranks
+from model import ModelConfig, SequenceModel
+from train.evaluate import (chunked_ranks, evaluate_ranking, metrics_from_ranks, model_scorer, popularity_scorer,
+                            summarize, target_ranks)
 
 
 def test_ties_count_against_the_target():
@@ -27,3 +30,84 @@ def test_metric_values():
     assert s["HR@10"] == 0.75 and s["users"] == 4
     lo, hi = s["HR@10_ci95"]
     assert 0 <= lo <= 0.75 <= hi <= 1
+
+
+# The chunked evaluator against the definition (target_ranks on whole score rows).
+CHUNKS = [1, 2, 3, 7, 64, 199, 200, 201, 10_000]
+
+
+def _histories(rng, b, n_items, max_len, targets, share_in_history=0.3):
+    """(B, T) histories padded with 0, of random lengths (some empty); some hold their target."""
+    h = torch.zeros(b, max_len, dtype=torch.long)
+    for i in range(b):
+        n = int(rng.integers(0, max_len + 1))
+        h[i, :n] = torch.as_tensor(rng.integers(1, n_items + 1, n))
+        if n and rng.random() < share_in_history:
+            h[i, int(rng.integers(0, n))] = targets[i]
+    return h
+
+
+def _case(seed, ties):
+    rng = np.random.default_rng(seed)
+    b, n_items, d = 41, 200, 6
+    if ties:  # small integers: many exactly equal scores, and exact products in every summation order
+        rows = torch.as_tensor(rng.integers(-1, 2, (n_items + 1, d)), dtype=torch.float32)
+        queries = torch.as_tensor(rng.integers(-1, 2, (b, d)), dtype=torch.float32)
+    else:
+        rows = torch.as_tensor(rng.normal(size=(n_items + 1, d)), dtype=torch.float32)
+        queries = torch.as_tensor(rng.normal(size=(b, d)), dtype=torch.float32)
+    rows[0] = 0
+    targets = torch.as_tensor(rng.integers(1, n_items + 1, b))
+    return queries, rows, targets, _histories(rng, b, n_items, 9, targets)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("exclude_seen", [True, False])
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_chunked_ranks_equal_the_definition(ties, exclude_seen, chunk):
+    for seed in range(3):
+        q, rows, targets, hist = _case(seed, ties)
+        want = target_ranks(q @ rows.T, targets, hist, exclude_seen)
+        got = chunked_ranks(q, rows, targets, hist, exclude_seen, chunk_rows=chunk)
+        assert torch.equal(got, want)
+        in_history = (hist == targets.view(-1, 1)).any(1)
+        assert in_history.any() and (~in_history).any()
+        if ties:
+            assert (want[~in_history] > 0).any() and len(set(want.tolist())) > 5
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64, 10_000])
+def test_unscorable_rows_are_never_counted(chunk):
+    q, rows, targets, hist = _case(7, ties=True)
+    scorable = torch.zeros(rows.size(0), dtype=torch.bool)
+    scorable[120:] = True  # e.g. only new items; targets outside the set are never hits
+    scores = (q @ rows.T).masked_fill(~scorable, -torch.inf)
+    for exclude_seen in (True, False):
+        want = target_ranks(scores, targets, hist, exclude_seen)
+        got = chunked_ranks(q, rows, targets, hist, exclude_seen, scorable, chunk_rows=chunk)
+        assert torch.equal(got, want)
+        seen = (hist == targets.view(-1, 1)).any(1) & exclude_seen
+        assert (got[targets < 120] == rows.size(0) - 1).all() and (got[(targets >= 120) & ~seen] < 81).all()
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_model_and_popularity_through_the_chunked_evaluator(exclude_seen):
+    """evaluate_ranking in batches and chunks = the definition on whole score matrices."""
+    torch.manual_seed(0)
+    model = SequenceModel(ModelConfig(num_items=300, embedding_dim=8, hidden_dim=12, total_length=6)).eval()
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(1, 301, int(rng.integers(1, 9))).tolist() for _ in range(70)]
+    items, feats, lengths = model.pad(seqs, [[] for _ in seqs])
+    targets = torch.as_tensor(rng.integers(1, 301, 70))
+    targets[:10] = items[:10, 0]  # the target in the history
+    popularity = np.r_[0, rng.integers(0, 4, 300)]  # few distinct counts: ties
+    with torch.no_grad():
+        full = {"model": model(items, feats, lengths) @ model.item_matrix().T,
+                "popularity": torch.as_tensor(popularity, dtype=torch.float32).expand(70, -1)}
+    for name, scorer in (("model", model_scorer(model)), ("popularity", popularity_scorer(popularity))):
+        want = metrics_from_ranks(target_ranks(full[name], targets, items, exclude_seen).numpy())
+        got = evaluate_ranking(scorer, items, feats, lengths, targets, exclude_seen, batch_size=16, chunk_rows=37)
+        assert want.keys() == got.keys()
+        assert all(np.array_equal(want[k], got[k]) for k in want)
+    if exclude_seen:  # a target in the history is removed with it: never a hit
+        assert not got["HR@20"][:10].any()

@@ -28,9 +28,9 @@ from handler.seqrec_artifact import ItemIndex
 from model import ModelConfig, SequenceModel
 
 from .content import encode_content
-from .evaluate import evaluate_ranking, model_scorer, summarize
+from .evaluate import evaluate_ranking, fixed_scorer, model_scorer, summarize
 from .sequences import EventColumns, encode_cases
-from .split import Cases
+from .split import Cases, RowRanges, user_offsets
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +49,13 @@ def hold_out_items(events: pd.DataFrame, fraction: float, seed: int = 0) -> Tupl
 def _cases(events: pd.DataFrame, first_cold: int) -> Cases:
     """Per user: the last event on a held-out item (index >= first_cold) with an earlier event."""
     idx = events["item_idx"].to_numpy()
-    users = events["user_id"].to_numpy()
+    off = user_offsets(events)
+    user = np.repeat(np.arange(len(off) - 1), np.diff(off))
+    rows = np.flatnonzero((idx >= first_cold) & (np.arange(len(idx)) > off[user]))
+    last = rows[np.r_[user[rows][1:] != user[rows][:-1], True]] if len(rows) else rows  # each user's last
     ts = events["timestamp"].to_numpy(np.float64)
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    hist, tgt = [], []
-    for rows in np.split(np.arange(len(events)), starts[1:]):
-        cold_pos = np.flatnonzero(idx[rows] >= first_cold)
-        cold_pos = cold_pos[cold_pos >= 1]
-        if len(cold_pos):
-            p = cold_pos[-1]
-            hist.append(rows[:p]); tgt.append(rows[p])
-    t = np.asarray(tgt, dtype=np.int64)
-    return Cases(hist, idx[t], ts[t], users[t])
+    return Cases(RowRanges(off[user[last]], last), idx[last].astype(np.int64), ts[last],
+                 events["user_id"].to_numpy()[last])
 
 
 def _content_popularity(model: SequenceModel, popularity: np.ndarray) -> np.ndarray:
@@ -107,32 +102,24 @@ def evaluate_cold_start(model: SequenceModel, mc: ModelConfig, index: ItemIndex,
 
     def fixed(values: np.ndarray):
         # Distinct values keep their order; equal ones are ordered by the random draw.
-        v = torch.as_tensor(values, dtype=torch.float64).view(1, -1)
         gap = float(np.diff(np.unique(values)).min()) if len(np.unique(values)) > 1 else 1.0
-        v = v + rand * gap * 0.5
-        return lambda i, f, l: v.expand(i.size(0), -1)
+        return fixed_scorer(torch.as_tensor(values, dtype=torch.float64) + rand.view(-1) * gap * 0.5)
 
     scorers = {
         "model": model_scorer(model),
         "popularity": fixed(pop),
         "content_popularity": fixed(_content_popularity(model, pop)),
-        "random": lambda i, f, l: rand.expand(i.size(0), -1),
+        "random": fixed_scorer(rand.view(-1)),
     }
-
-    def cold_only(score):
-        def s(i, f, l):
-            out = score(i, f, l).clone()
-            out[:, 1:first_cold] = -torch.inf
-            return out
-        return s
+    cold_only = torch.arange(rows) >= first_cold  # rows the held-out-only ranking counts
 
     out: Dict[str, Any] = {"held_out_items": int(len(cold_ids)), "held_out_events": int(len(cold_events)),
                            "cases": int(len(cases)), "catalogue_items": int(len(ext))}
     with torch.no_grad():
-        for name, wrap in (("full_catalogue", lambda s: s), ("held_out_only", cold_only)):
-            out[name] = {k: summarize(evaluate_ranking(wrap(s), items_t, feats, lengths, targets, exclude_seen),
-                                      ci=True, seed=seed) for k, s in scorers.items()
-                         if not (k == "content_popularity" and name == "full_catalogue")}
+        for name, scorable in (("full_catalogue", None), ("held_out_only", cold_only)):
+            out[name] = {k: summarize(evaluate_ranking(s, items_t, feats, lengths, targets, exclude_seen,
+                                                       scorable=scorable), ci=True, seed=seed)
+                         for k, s in scorers.items() if not (k == "content_popularity" and name == "full_catalogue")}
     m = out["held_out_only"]
     log.info("cold start: %d held-out items, %d cases; held-out-only HR@10 model %.4f, content popularity "
              "%.4f, random %.4f", out["held_out_items"], out["cases"], m["model"]["HR@10"],
