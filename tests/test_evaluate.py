@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +7,8 @@ import torch
 from model import ModelConfig, SequenceModel
 from train.evaluate import (chunked_ranks, evaluate_ranking, metrics_from_ranks, model_scorer, popularity_scorer,
                             summarize, target_ranks)
+from train.config import TrainConfig
+from train.pipeline import prepare, sample_test_cases
 
 
 def test_ties_count_against_the_target():
@@ -111,3 +115,18 @@ def test_model_and_popularity_through_the_chunked_evaluator(exclude_seen):
         assert all(np.array_equal(want[k], got[k]) for k in want)
     if exclude_seen:  # a target in the history is removed with it: never a hit
         assert not got["HR@20"][:10].any()
+
+
+def test_test_users_beyond_the_cap_are_a_stated_seeded_sample():
+    cfg = TrainConfig(data="synthetic", synthetic_users=300, synthetic_items=100, max_test_users=50)
+    full = prepare(cfg).split.test
+    target_of = dict(zip(full.users.tolist(), full.targets.tolist()))
+    cases, record = sample_test_cases(full, cfg)
+    assert record == {"users": 50, "of": len(full), "max_test_users": 50, "sampled": True, "seed": 0}
+    assert len(cases) == 50 == len(set(cases.users.tolist())) and len(full) > 200
+    assert all(target_of[u] == t for u, t in zip(cases.users.tolist(), cases.targets.tolist()))
+    assert np.array_equal(sample_test_cases(full, cfg)[0].users, cases.users)  # seeded
+    assert set(sample_test_cases(full, dataclasses.replace(cfg, seed=1))[0].users.tolist()) != set(cases.users.tolist())
+    for cap in (0, len(full), len(full) + 1):  # at or under the cap: every user, no sample
+        every, record = sample_test_cases(full, dataclasses.replace(cfg, max_test_users=cap))
+        assert len(every) == len(full) and not record["sampled"] and record["seed"] is None

@@ -12,7 +12,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -169,6 +169,18 @@ def _evaluate(model: SequenceModel, prep: Prepared, cases: Cases, cfg: TrainConf
     return {"model": summarize(m, ci=ci, seed=cfg.seed), "popularity": summarize(p, ci=ci, seed=cfg.seed)}
 
 
+def sample_test_cases(cases: Cases, cfg: TrainConfig) -> Tuple[Cases, Dict[str, Any]]:
+    """The test cases evaluated: all, or a seeded uniform sample of cfg.max_test_users of them
+    (one case per user), and the record of it that summary.json and metadata.json carry."""
+    sample = cases.subset(cfg.max_test_users, cfg.seed)
+    sampled = len(sample) < len(cases)
+    if sampled:
+        log.info("test: a random sample of %d of the %d test users (max_test_users, seed %d)",
+                 len(sample), len(cases), cfg.seed)
+    return sample, {"users": len(sample), "of": len(cases), "max_test_users": cfg.max_test_users,
+                    "sampled": sampled, "seed": cfg.seed if sampled else None}
+
+
 def _refit(cfg: TrainConfig, prep: Prepared, epochs: int, work: Path, resume: bool):
     """A fresh model trained for the validated epoch count on train + validation events (never
     the test ones). Popularity is recounted on the same events, for the baseline and the export.
@@ -227,13 +239,14 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     hist = fit(model, data, cfg, sampler, validate, checkpoint)
     if not _is_main():  # under torchrun, rank 0 alone evaluates and exports
         return {}
-    test = _evaluate(model, prep, prep.split.test, cfg, ci=True)
+    test_cases, test_sample = sample_test_cases(prep.split.test, cfg)
+    test = _evaluate(model, prep, test_cases, cfg, ci=True)
     early_stopped = None
     if cfg.refit_on_validation:
         early_stopped = {"test": test, "epochs": len(hist.epochs), "best_epoch": hist.best_epoch,
                          "history": hist.epochs}
         model, hist = _refit(cfg, prep, hist.best_epoch, work, resume)
-        test = _evaluate(model, prep, prep.split.test, cfg, ci=True)
+        test = _evaluate(model, prep, test_cases, cfg, ci=True)
 
     cold_start = None
     if prep.cold_events is not None:
@@ -244,7 +257,7 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
         "data": {"name": cfg.data, "events": len(prep.events), "users": int(prep.events["user_id"].nunique()),
                  "items": len(prep.index), "training_windows": len(data), "training_events": data.num_events,
                  "dropped": prep.drops.to_dict(), "split": prep.split.counts,
-                 "valid_cases": len(valid_cases), "test_cases": len(prep.split.test)},
+                 "valid_cases": len(valid_cases), "test_cases": len(prep.split.test), "test_sample": test_sample},
         "config": cfg.to_dict(),
         "epochs": len(hist.epochs), "best_epoch": hist.best_epoch,
         "train_seconds": hist.train_seconds, "wall_seconds": time.perf_counter() - t_start,
