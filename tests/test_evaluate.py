@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from model import ModelConfig, SequenceModel
-from train.evaluate import (chunked_ranks, evaluate_ranking, metrics_from_ranks, model_scorer, popularity_scorer,
-                            summarize, target_ranks)
 from train.config import TrainConfig
+from train.evaluate import (chunked_ranks, evaluate_ranking, fixed_scorer, metrics_from_ranks, model_scorer,
+                            popularity_scorer, summarize, target_ranks)
 from train.pipeline import prepare, sample_test_cases
 
 
@@ -130,3 +130,15 @@ def test_test_users_beyond_the_cap_are_a_stated_seeded_sample():
     for cap in (0, len(full), len(full) + 1):  # at or under the cap: every user, no sample
         every, record = sample_test_cases(full, dataclasses.replace(cfg, max_test_users=cap))
         assert len(every) == len(full) and not record["sampled"] and record["seed"] is None
+
+
+def test_fixed_scores_keep_every_value_exactly():
+    counts = np.r_[0, 2**24 - 1, 2**24 - 2, 5]
+    assert fixed_scorer(counts).rows.dtype == torch.float32  # exact in float32: the cheaper product
+    for values in (np.r_[0, 2**24 + 1, 2**24, 5], np.r_[0.0, 0.1, 0.3, 0.2]):  # not exact in float32
+        s = fixed_scorer(values)
+        assert s.rows.dtype == torch.float64 and np.array_equal(s.rows.view(-1).numpy(), values)
+        items, targets = torch.tensor([[3, 0], [0, 0]]), torch.tensor([1, 2])
+        ranks = chunked_ranks(s.query(items, None, None), s.rows, targets, items, chunk_rows=2)
+        want = target_ranks(torch.as_tensor(values, dtype=torch.float64).expand(2, -1), targets, items)
+        assert torch.equal(ranks, want) and ranks[0] != ranks[1]  # 2^24 + 1 and 2^24 stay apart

@@ -141,9 +141,12 @@ def model_scorer(model) -> Scorer:
 
 
 def fixed_scorer(values) -> Scorer:
-    """The same score per item for everyone (values (N+1,)), in float64 so that counts stay exact."""
+    """The same score per item for everyone (values (N+1,)): float32 when that holds every value
+    exactly (counts below 2^24; half the cost of float64), else float64."""
     rows = torch.as_tensor(values, dtype=torch.float64).view(-1, 1)
-    return Scorer(rows, lambda items, features, lengths: torch.ones(items.size(0), 1, dtype=torch.float64))
+    if torch.equal(rows.float().double(), rows):
+        rows = rows.float()
+    return Scorer(rows, lambda items, features, lengths: torch.ones(items.size(0), 1, dtype=rows.dtype))
 
 
 def popularity_scorer(popularity: np.ndarray) -> Scorer:
