@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from synthetic_rates import event_pairs, session_first_recurrence, top_successor_share
 from train.events import load_events
 from train.synthetic import EVENT_TYPES, SOURCES, generate_marketplace
-
-SESSION_GAP = 30 * 60
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +24,7 @@ def market():
 
 @pytest.fixture(scope="module")
 def pairs(market):
-    """One row per event after a user's first: the event, the one before it and the gap between."""
-    events, items = market
-    e = events.assign(category=events["item_id"].map(items.set_index("item_id")["category"]))
-    prev = e.groupby("user_id")[["item_id", "category", "event_type", "source", "timestamp"]].shift(1)
-    p = e.join(prev.add_prefix("prev_"))
-    p = p[p["prev_item_id"].notna()].copy()
-    p["gap"] = p["timestamp"] - p["prev_timestamp"]
-    p["in_session"] = p["gap"] < SESSION_GAP
-    p["same_category"] = p["category"] == p["prev_category"]
-    return p
+    return event_pairs(*market)
 
 
 def test_same_seed_same_data_other_seed_other_data(market):
@@ -100,13 +90,6 @@ def test_popularity_is_heavy_tailed(market):
 
 def test_planted_item_chains(pairs):
     """Within a session the next item is often the same successor of the previous item."""
-
-    def top_successor_share(p: pd.DataFrame, min_pairs: int) -> float:
-        n = p.groupby(["prev_item_id", "item_id"]).size()
-        total, top = n.groupby(level=0).sum(), n.groupby(level=0).max()
-        keep = total >= min_pairs
-        return top[keep].sum() / total[keep].sum()
-
     within = pairs[pairs["in_session"]]
     share = top_successor_share(within, 20)
     rng = np.random.default_rng(0)
@@ -138,23 +121,11 @@ def test_planted_long_gap_resets_category(pairs):
     assert within - across > 0.1
 
 
-def test_planted_recency_tastes_drift(market, pairs):
+def test_planted_recency_tastes_drift(market):
     """A session's first category is found in the previous session far more often than in the first."""
-    events, items = market
-    category = events["item_id"].map(items.set_index("item_id")["category"])
-    gap = events.groupby("user_id")["timestamp"].diff()
-    session = (gap.isna() | (gap >= SESSION_GAP)).groupby(events["user_id"]).cumsum()
-    sessions = pd.DataFrame({"user_id": events["user_id"], "session": session, "category": category})
-    grouped = sessions.groupby(["user_id", "session"])["category"]
-    cats, firsts = grouped.agg(set), grouped.first()
-    in_previous, in_first = [], []
-    for user, user_cats in cats.groupby(level=0):
-        sets, first = user_cats.tolist(), firsts.loc[user].tolist()
-        for k in range(2, len(sets)):
-            in_previous.append(first[k] in sets[k - 1])
-            in_first.append(first[k] in sets[0])
-    assert len(in_previous) > 1000
-    assert np.mean(in_previous) - np.mean(in_first) > 0.1
+    in_previous, in_first, n = session_first_recurrence(*market)
+    assert n > 1000
+    assert in_previous - in_first > 0.1
 
 
 def test_small_and_invalid_parameters():

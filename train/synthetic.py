@@ -254,19 +254,17 @@ def generate_marketplace(
     sold = np.array(cat.sold_at)
     # Sessions are simulated one after another, so an overlapping session may have touched an item
     # just after another user bought it; drop those few events to keep "only live items" exact.
-    t_sold, is_purchase = sold[events["item_id"].to_numpy()], events["event_type"].to_numpy() == "purchase"
-    ts = events["timestamp"].to_numpy()
-    late = (ts > t_sold) | ((ts == t_sold) & ~is_purchase)
+    late = drop_after_sale(events["item_id"].to_numpy(), events["timestamp"].to_numpy(),
+                           events["event_type"].to_numpy() == "purchase", sold)
     if late.any():
         log.debug("dropping %d events on items already sold", int(late.sum()))
         events = events[~late]
     events = events.assign(item_id=events["item_id"] + ITEM_ID_OFFSET + 1)
     events = events.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
 
-    names = [CATEGORY_NAMES[c] if c < len(CATEGORY_NAMES) else f"category_{c}" for c in range(n_categories)]
     items = pd.DataFrame({
         "item_id": np.arange(n_items, dtype=np.int64) + ITEM_ID_OFFSET + 1,
-        "category": np.array(names, dtype=object)[category],
+        "category": np.array(category_names(n_categories), dtype=object)[category],
         "price": price,
         "listed_at": listed_at,
         "sold_at": np.where(np.isinf(sold), np.nan, sold),
@@ -275,6 +273,21 @@ def generate_marketplace(
     log.info("synthetic marketplace: %d events, %d users, %d items (seed %d)",
              len(events), events["user_id"].nunique(), n_items, seed)
     return events, items
+
+
+def category_names(n_categories: int) -> List[str]:
+    return [CATEGORY_NAMES[c] if c < len(CATEGORY_NAMES) else f"category_{c}" for c in range(n_categories)]
+
+
+def drop_after_sale(item: np.ndarray, t: np.ndarray, is_purchase: np.ndarray, sold: np.ndarray) -> np.ndarray:
+    """Which events (item numbers, times) touch an item at or after its sale time `sold`, its
+    first purchase's buyer excepted; also a second purchase at that same second (the earlier row
+    kept), so every item is bought at most once."""
+    t_sold = sold[item]
+    late = (t > t_sold) | ((t == t_sold) & ~is_purchase)
+    at_sale = np.flatnonzero(is_purchase & ~late)
+    late[at_sale[pd.Index(item[at_sale]).duplicated()]] = True
+    return late
 
 
 def _weighted(weights: List[float], u: float) -> int:
