@@ -22,6 +22,12 @@ first reason that applies, in this order: null user, null item, unparsable (or m
 exact duplicate of an earlier (user_id, item_id, timestamp, event_type) event (the first is kept).
 A CSV line with more fields than the header is skipped and counted as extra["malformed_line"] (in
 such a file, so are lines with fewer fields; in others those become rows with missing values).
+
+Scale: Parquet (a file, or a directory of part files as train.synthetic_scale writes them: DIR/events/
+part-*.parquet beside DIR/items.parquet) is read with pyarrow.dataset, only the columns asked for
+(`extra_columns=False`: the canonical ones), dictionary columns arriving as categoricals. Labels stay
+categorical (codes, not one string per event). Rows are filtered, sorted (np.lexsort on integer ids,
+stable) and deduplicated on index arrays, and the table is gathered once at the end.
 """
 from __future__ import annotations
 
@@ -30,11 +36,12 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from .errors import UserError
 
@@ -102,15 +109,46 @@ class ColumnMap:
     strength: Optional[str] = "strength"
 
 
+ITEMS_PART = "items.parquet"  # in a directory of parts: the item table, not events
+
+
+def parquet_parts(path: Union[str, Path]) -> Tuple[List[Path], Optional[Path]]:
+    """A Parquet directory -> (its event part files, sorted; DIR/items.parquet or None). Events are
+    DIR/events/**/*.parquet when DIR/events exists, else every *.parquet below DIR but the item table."""
+    root = Path(path)
+    items = root / ITEMS_PART
+    base = root / "events" if (root / "events").is_dir() else root
+    parts = sorted(p for p in base.rglob("*") if p.suffix.lower() in (".parquet", ".pq") and p != items)
+    if not parts:
+        raise UserError(f"{str(root)!r}: a directory without Parquet event files (*.parquet)")
+    return parts, items if items.is_file() else None
+
+
+def is_parquet(path: Union[str, Path]) -> bool:
+    return Path(path).is_dir() or str(path).lower().endswith((".parquet", ".pq"))
+
+
+def read_parquet(path: Union[str, Path], columns: Optional[Sequence[str]] = None,
+                 wanted: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """A Parquet file or directory of parts, with pyarrow.dataset. columns: exactly these; wanted:
+    those of them the files have (None: every column)."""
+    files = parquet_parts(path)[0] if Path(path).is_dir() else [Path(path)]
+    data = pads.dataset([str(f) for f in files], format="parquet")
+    if wanted is not None:
+        columns = [c for c in data.schema.names if c in set(wanted)]
+    table = data.to_table(columns=list(columns) if columns is not None else None)
+    return table.to_pandas(split_blocks=True, self_destruct=True)
+
+
 def read_table(path: Union[str, Path], **kwargs) -> pd.DataFrame:
-    """CSV (optionally compressed) or Parquet, chosen by extension; UserError for a missing file or
-    an unknown extension."""
+    """CSV (optionally compressed) or Parquet (a file or a directory of parts), chosen by extension;
+    UserError for a missing file or an unknown extension."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"no such file: {str(path)!r}")
     name = path.name.lower()
-    if name.endswith(".parquet") or name.endswith(".pq"):
-        return pd.read_parquet(path, **kwargs)
+    if is_parquet(path):
+        return read_parquet(path, **kwargs)
     if any(name.endswith(ext) for ext in (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")):
         return pd.read_csv(path, **kwargs)
     raise UserError(f"cannot tell the format of {path}: expected .csv[.gz|.bz2|.zip|.xz] or .parquet")
@@ -122,12 +160,14 @@ def load_events(
     timestamp_unit: str = "s",
     *,
     name: Optional[str] = None,
+    extra_columns: bool = True,
 ) -> Tuple[pd.DataFrame, DropReport]:
     """Read (or take) an event log and return it in the canonical schema with its DropReport.
 
     `timestamp_unit` ("s", "ms", "us", "ns") applies to numeric timestamps; datetime strings and
     datetime columns carry their own unit. A DataFrame passed in is not modified.
     `name` labels the input in log lines and errors (default: the path, or "DataFrame").
+    `extra_columns=False` keeps (and, from Parquet, reads) only the canonical columns.
     """
     if timestamp_unit not in _UNIT_SECONDS:
         raise ValueError(f"timestamp_unit must be one of {sorted(_UNIT_SECONDS)}, got {timestamp_unit!r}")
@@ -137,15 +177,18 @@ def load_events(
     else:
         # Ids are read as text so that "007" and ids in a column with gaps keep their exact spelling.
         as_text = {columns.user_id: str, columns.item_id: str}
-        is_parquet = str(path_or_df).lower().endswith((".parquet", ".pq"))
         origin = name or str(path_or_df)
+        wanted = None if extra_columns else [c for c in dataclasses.astuple(columns) if c is not None]
         try:
-            raw = read_table(path_or_df) if is_parquet else _read_csv(path_or_df, as_text, malformed)
+            raw = (read_table(path_or_df, wanted=wanted) if is_parquet(path_or_df)
+                   else _read_csv(path_or_df, as_text, malformed))
         except _UNREADABLE as e:
             raise UserError(f"{origin}: cannot read the event log: {e}") from None
 
     mapping = _resolve_columns(raw, columns, origin)
     df = raw.rename(columns={src: dst for dst, src in mapping.items()})
+    if not extra_columns:
+        df = df[list(mapping)]
     report = DropReport(rows_read=len(df) + len(malformed))
     if malformed:
         report.extra["malformed_line"] = len(malformed)
@@ -156,8 +199,7 @@ def load_events(
     df = df.assign(user_id=user, item_id=item, timestamp=ts)
     for col in LABELS:
         if col in mapping:
-            # Categorical labels: keep them as text, but let missing values stay missing.
-            df[col] = df[col].where(df[col].isna(), df[col].astype(str))
+            df[col] = _labels(df[col])
     if "strength" in mapping:
         df["strength"] = _strengths(df["strength"], origin)
 
@@ -166,21 +208,33 @@ def load_events(
     bad_ts = ts.isna() & ~null_user & ~null_item
     report.null_user, report.null_item = int(null_user.sum()), int(null_item.sum())
     report.unparsable_timestamp = int(bad_ts.sum())
-    df = df[~(null_user | null_item | bad_ts)]
+    keep = np.flatnonzero(~(null_user | null_item | bad_ts).to_numpy())
 
-    key = [c for c in ("user_id", "item_id", "timestamp", "event_type") if c in df.columns]
-    dup = df.duplicated(subset=key, keep="first")
+    # Typed ids of the kept rows, their stable sort order, and the duplicates among them (only rows
+    # equal on all three sort keys can be duplicates, and the stable sort keeps them in input order).
+    user = _finish_ids(user.iloc[keep]).reset_index(drop=True)
+    item = _finish_ids(item.iloc[keep]).reset_index(drop=True)
+    ts = ts.to_numpy()[keep]
+    order = _sort_order(user, ts, item)
+    rows = keep[order]  # input row of each sorted one
+    u, t, i = user.to_numpy()[order], ts[order], item.to_numpy()[order]
+    del order, keep, ts  # a 30M-event log: each of these is 240 MB
+    dup = _duplicates(u, t, i, df["event_type"] if "event_type" in df.columns else None, rows)
     report.duplicates = int(dup.sum())
-    df = df[~dup]
-
-    df = df.assign(user_id=_finish_ids(df["user_id"]), item_id=_finish_ids(df["item_id"]))
-    # Stable sort: rows equal on all three keys keep their input order.
-    df = df.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)
+    first = ~dup
+    out = {"user_id": pd.Series(u[first], dtype=user.dtype), "item_id": pd.Series(i[first], dtype=item.dtype),
+           "timestamp": pd.Series(t[first])}
+    del u, t, i
+    rows = rows[first]
     front = [c for c in (*REQUIRED, *OPTIONAL) if c in df.columns]
-    df = df[front + [c for c in df.columns if c not in front]]
+    for c in front[3:] + [c for c in df.columns if c not in front]:
+        col = df[c].take(rows).reset_index(drop=True)
+        out[c] = col.cat.remove_unused_categories() if isinstance(col.dtype, pd.CategoricalDtype) else col
+    df = pd.DataFrame(out, copy=False)
 
-    log.info("loaded %d events from %s (%d users, %d items)", len(df), origin,
-             df["user_id"].nunique(), df["item_id"].nunique())
+    u = df["user_id"].to_numpy()
+    users = int(len(u) > 0) + int(np.count_nonzero(u[1:] != u[:-1]))  # sorted: one run per user
+    log.info("loaded %d events from %s (%d users, %d items)", len(df), origin, users, df["item_id"].nunique())
     if report.total_dropped:
         log.warning("dropped %d of %d rows from %s: %s", report.total_dropped, report.rows_read, origin,
                     report.to_dict())
@@ -209,6 +263,43 @@ def _read_csv(path, dtype, malformed: list) -> pd.DataFrame:
         return "skip"
 
     return read_table(path, dtype=dtype, engine="pyarrow", on_bad_lines=skip)
+
+
+def _sort_order(user: pd.Series, ts: np.ndarray, item: pd.Series) -> np.ndarray:
+    """Positions in (user_id, timestamp, item_id) order; rows equal on all three keep input order."""
+    if pd.api.types.is_integer_dtype(user) and pd.api.types.is_integer_dtype(item):
+        return np.lexsort((item.to_numpy(), ts, user.to_numpy()))  # stable, and fast on sorted input
+    keys = pd.DataFrame({"u": user, "t": ts, "i": item})
+    return keys.sort_values(["u", "t", "i"], kind="stable").index.to_numpy()
+
+
+def _duplicates(user: np.ndarray, ts: np.ndarray, item: np.ndarray, event_type: Optional[pd.Series],
+                rows: np.ndarray) -> np.ndarray:
+    """Sorted keys (event_type: the input column, rows: the input row of each sorted one) -> True
+    for a repeat of an earlier (user_id, item_id, timestamp, event_type)."""
+    if len(user) == 0:
+        return np.zeros(0, dtype=bool)
+    same = (user[1:] == user[:-1]) & (ts[1:] == ts[:-1]) & (item[1:] == item[:-1])
+    if event_type is None:
+        return np.r_[False, same]
+    dup = np.zeros(len(user), dtype=bool)
+    tied = np.flatnonzero(np.r_[False, same] | np.r_[same, False])  # rows in a run of equal keys
+    if len(tied):
+        run = np.cumsum(~np.r_[False, same][tied])  # which run each tied row belongs to
+        keys = pd.DataFrame({"run": run, "event_type": event_type.iloc[rows[tied]].to_numpy()})
+        dup[tied] = keys.duplicated(keep="first").to_numpy()
+    return dup
+
+
+def _labels(values: pd.Series) -> pd.Series:
+    """Event labels as text, missing values kept missing. A categorical column stays one (its
+    categories become text), so 30M labels cost codes, not strings."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        names = [str(c) for c in values.cat.categories]
+        if len(set(names)) == len(names):
+            return values.cat.rename_categories(names)
+        values = values.astype(object)
+    return values.where(values.isna(), values.astype(str))
 
 
 def _strengths(values: pd.Series, origin: str) -> pd.Series:

@@ -25,7 +25,7 @@ from model import ModelConfig, SequenceModel
 from .config import TrainConfig
 from .errors import UserError
 from .evaluate import evaluate_ranking, model_scorer, popularity_scorer, summarize
-from .events import DropReport, load_events
+from .events import DropReport, load_events, parquet_parts
 from .export import export_model
 from .negatives import CandidateSampler
 from .pretrained import load_item_vectors, svd_item_vectors
@@ -47,6 +47,8 @@ class Prepared:
     cols: EventColumns
     popularity: np.ndarray  # (N+1,) training events per item index
     cold_events: Optional[pd.DataFrame] = None  # events on items held out (cfg.cold_start_items)
+    # Wall seconds of each preparation phase (load, index, split, columns); run() adds "windows".
+    seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def load_data(cfg: TrainConfig):
@@ -64,13 +66,27 @@ def load_data(cfg: TrainConfig):
             raise UserError(str(e)) from None
     if not Path(cfg.data).exists():
         raise UserError(f"data: {cfg.data!r} is not 'synthetic', a bundled dataset ({', '.join(sorted(LOADERS))}) "
-                        f"or an existing event-log file (.csv or .parquet)")
-    events, drops = load_events(cfg.data)
-    return events, None, drops
+                        f"or an existing event log (.csv or .parquet file, or a directory of .parquet parts)")
+    # Training reads no other event column: leaving them on disk keeps a 30M-event log lean.
+    events, drops = load_events(cfg.data, extra_columns=False)
+    items = None
+    if Path(cfg.data).is_dir():  # train.synthetic_scale's layout: DIR/items.parquet beside the parts
+        items_file = parquet_parts(cfg.data)[1]
+        items = pd.read_parquet(items_file) if items_file is not None else None
+    return events, items, drops
 
 
 def prepare(cfg: TrainConfig) -> Prepared:
+    clock = time.perf_counter()
+    seconds: Dict[str, float] = {}
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase], clock = now - clock, now
+
     events, items, drops = load_data(cfg)
+    lap("load")
     if events.empty:
         raise UserError(f"no events left in {cfg.data!r} after loading: {drops.to_dict()}")
     cold = None
@@ -78,16 +94,20 @@ def prepare(cfg: TrainConfig) -> Prepared:
         from .coldstart import hold_out_items
         events, cold = hold_out_items(events, cfg.cold_start_items, cfg.seed)
     index = ItemIndex.from_items(events["item_id"])
-    events = events.assign(item_idx=index.encode(events["item_id"]))
+    events["item_idx"] = index.encode(events["item_id"]).astype(np.int32)  # in place: no copy of the log
+    lap("index")
     if cfg.split == "loo":  # the config allows only these two
         split = leave_one_out(events, cfg.min_events)
     else:
         split = temporal_split(events, cfg.temporal_cut)
     check_evaluable(split, cfg, events)
-    train_rows = np.concatenate(split.train) if split.train else np.zeros(0, np.int64)
-    popularity = np.bincount(events["item_idx"].to_numpy()[train_rows], minlength=len(index) + 1)
+    popularity = np.bincount(events["item_idx"].to_numpy()[split.train.flat()], minlength=len(index) + 1)
     popularity[0] = 0
-    return Prepared(events, items, drops, index, split, EventColumns(events), popularity, cold)
+    lap("split")
+    cols = EventColumns(events)
+    lap("columns")
+    log.info("prepared %d events in %s s", len(events), {k: round(v, 2) for k, v in seconds.items()})
+    return Prepared(events, items, drops, index, split, cols, popularity, cold, seconds)
 
 
 def check_evaluable(split: Split, cfg: TrainConfig, events: pd.DataFrame) -> None:
@@ -119,12 +139,19 @@ def fit_event_vocabularies(mc: ModelConfig, prep: Prepared, data: str) -> None:
             raise UserError(f"model.use_{column}: {data!r} has no {column!r} "
                              f"column (events have {list(prep.events.columns)})")
     if mc.use_event_type and not mc.event_types:
-        mc.event_types = sorted(prep.events["event_type"].astype(str).unique().tolist())
+        mc.event_types = distinct_labels(prep.events["event_type"])
     if mc.use_source and not mc.sources:
-        mc.sources = sorted(prep.events["source"].astype(str).unique().tolist())
+        mc.sources = distinct_labels(prep.events["source"])
     if mc.use_strength and not mc.strength_edges:
-        train_rows = np.concatenate(prep.split.train) if prep.split.train else np.zeros(0, dtype=np.int64)
-        mc.strength_edges = strength_edges(prep.cols.strengths[train_rows], mc.strength_buckets)
+        mc.strength_edges = strength_edges(prep.cols.strengths[prep.split.train.flat()], mc.strength_buckets)
+
+
+def distinct_labels(column: pd.Series) -> List[str]:
+    """The sorted distinct labels, without a string per event. A missing label is no vocabulary
+    entry: encode_events maps it to "unknown"."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return sorted(str(c) for c in column.cat.remove_unused_categories().cat.categories)
+    return sorted(column.dropna().astype(str).unique().tolist())
 
 
 def strength_edges(values: np.ndarray, max_buckets: int) -> List[float]:
@@ -186,7 +213,7 @@ def _refit(cfg: TrainConfig, prep: Prepared, epochs: int, work: Path, resume: bo
     the test ones). Popularity is recounted on the same events, for the baseline and the export.
     Needs split=loo (TrainConfig checks it)."""
     rows = prep.split.train_with_valid
-    prep.popularity = np.bincount(prep.cols.items[np.concatenate(rows)], minlength=len(prep.index) + 1)
+    prep.popularity = np.bincount(prep.cols.items[rows.flat()], minlength=len(prep.index) + 1)
     prep.popularity[0] = 0
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, prep)
@@ -223,6 +250,7 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     model = build_model(cfg, prep)
     data = SequentialDataset(model, prep.cols, prep.split.train)
+    prep.seconds["windows"] = data.build_seconds
     sampler = CandidateSampler(len(prep.index), cfg.sample_size, torch.as_tensor(prep.popularity), cfg.negatives)
     valid_cases = prep.split.valid.subset(cfg.max_eval_users, cfg.seed)
     valid_inputs = encode_cases(model, prep.cols, valid_cases)
@@ -256,6 +284,7 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     summary = {
         "data": {"name": cfg.data, "events": len(prep.events), "users": int(prep.events["user_id"].nunique()),
                  "items": len(prep.index), "training_windows": len(data), "training_events": data.num_events,
+                 "prepare_seconds": prep.seconds,
                  "dropped": prep.drops.to_dict(), "split": prep.split.counts,
                  "valid_cases": len(valid_cases), "test_cases": len(prep.split.test), "test_sample": test_sample},
         "config": cfg.to_dict(),
