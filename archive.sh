@@ -70,7 +70,12 @@ EXTRA=""
 for f in "$HERE"/handler/*; do
     [[ -f "$f" && "$f" != "$HERE/handler/seqrec_handler.py" ]] && EXTRA+="$f,"
 done
-EXTRA+="$EXPORT/item_vectors.npy,$EXPORT/items.parquet,$EXPORT/metadata.json"
+# The export's files are the ones its metadata.json lists (the candidate index among them when the
+# export has one), model.pt aside as the serialized file.
+while IFS= read -r f; do
+    [[ "$f" != "model.pt" ]] && EXTRA+="$EXPORT/$f,"
+done < <(PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m handler.seqrec_artifact files "$EXPORT")
+EXTRA+="$EXPORT/metadata.json"
 "$ARCHIVER" --model-name "$NAME" --version "$VERSION" \
     --serialized-file "$EXPORT/model.pt" \
     --handler "$HERE/handler/seqrec_handler.py" \

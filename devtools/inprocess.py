@@ -38,15 +38,16 @@ def run_batch(handler, ctx: Context, bodies: List[Any]) -> list:
     return handler.handle([{"body": b} for b in bodies], ctx)
 
 
-def load_handler(model_dir: Path, threads: int = 1) -> Tuple[Any, Context]:
-    """initialize() as TorchServe calls it, with `threads` torch threads (SEQREC_THREADS)."""
+def load_handler(model_dir: Path, threads: int = 1, yaml_config: Optional[dict] = None) -> Tuple[Any, Context]:
+    """initialize() as TorchServe calls it, with `threads` torch threads (SEQREC_THREADS) and the
+    archive's model YAML (`yaml_config`, e.g. {"seqrec": {"scoring": "exact"}})."""
     from handler.seqrec_handler import SeqrecHandler
 
     before = os.environ.get("SEQREC_THREADS")
     os.environ["SEQREC_THREADS"] = str(threads)
     try:
         h = SeqrecHandler()
-        ctx = make_context(model_dir)
+        ctx = make_context(model_dir, yaml_config)
         h.initialize(ctx)
     finally:
         if before is None:

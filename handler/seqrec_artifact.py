@@ -30,9 +30,14 @@ import numpy as np
 import pandas as pd
 
 # Format 1: exports with no format_version (before this module). 2: format_version in metadata.json.
-FORMAT_VERSION = 2
+# 3: an optional candidate index (INDEX_FILE, described by metadata's "index"). A format 2 export is
+# still served, by exact scoring: it simply has no index.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (2, 3)
 MODEL_FILE, VECTORS_FILE, ITEMS_FILE, METADATA_FILE = "model.pt", "item_vectors.npy", "items.parquet", "metadata.json"
+INDEX_FILE = "candidates.faiss"
 DATA_FILES = (MODEL_FILE, VECTORS_FILE, ITEMS_FILE)  # each must be listed in metadata.json with its sha256
+OPTIONAL_FILES = (INDEX_FILE,)  # listed (and so verified) whenever present
 ID_TYPES = ("int", "str")
 
 
@@ -54,7 +59,10 @@ def write_metadata(export_dir, meta: Dict[str, Any]) -> Dict[str, Any]:
     exist). Atomic: a reader sees the old file or the new one, never half of one."""
     d = Path(export_dir)
     out = {"format_version": FORMAT_VERSION, **{k: v for k, v in meta.items() if k not in ("format_version", "files")}}
-    out["files"] = {name: sha256_file(d / name) for name in DATA_FILES}
+    out["files"] = {name: sha256_file(d / name) for name in DATA_FILES + OPTIONAL_FILES
+                    if name in DATA_FILES or (d / name).is_file()}
+    if index_kind(out) != "none" and INDEX_FILE not in out["files"]:
+        raise ExportError(f"seqrec: metadata says index {index_kind(out)!r} but {d / INDEX_FILE} does not exist")
     text = json.dumps(out, indent=2, default=_jsonable)
     fd, tmp = tempfile.mkstemp(prefix=f".{METADATA_FILE}.", dir=d)
     try:
@@ -82,14 +90,21 @@ def read_metadata(export_dir) -> Dict[str, Any]:
     return meta
 
 
+def index_kind(meta: Dict[str, Any]) -> str:
+    """The kind of candidate index the export carries ("none" for format 2 or a small catalogue)."""
+    index = meta.get("index")
+    return str(index.get("kind", "none")) if isinstance(index, dict) else "none"
+
+
 def check_format(meta: Dict[str, Any], where) -> None:
     """Refuse an export of a format this code does not read, saying what to do about it."""
     version = meta.get("format_version", 1)
-    if type(version) is int and version == FORMAT_VERSION:
+    if type(version) is int and version in READABLE_FORMATS:
         return
     has = "format 1 (metadata.json has no format_version)" if "format_version" not in meta else f"format {version!r}"
     newer = " or serve it with the newer seqrec that wrote it" if type(version) is int and version > FORMAT_VERSION else ""
-    raise ExportError(f"seqrec: {where} is export {has}; this seqrec reads format {FORMAT_VERSION} only. "
+    raise ExportError(f"seqrec: {where} is export {has}; this seqrec reads formats "
+                      f"{'-'.join(map(str, (READABLE_FORMATS[0], READABLE_FORMATS[-1])))} only. "
                       f"Re-export it with `python -m train ... --out DIR` from this seqrec version (a catalogue "
                       f"update: rebuild it from the re-exported base with `python -m train.catalog`){newer}")
 
@@ -105,6 +120,8 @@ def verify_export(export_dir) -> Dict[str, Any]:
     if not isinstance(files, dict):
         files = {}
     unlisted = [f for f in DATA_FILES if f not in files]
+    if index_kind(meta) != "none" and INDEX_FILE not in files:
+        unlisted.append(INDEX_FILE)
     if unlisted:
         raise ExportError(f"seqrec: {METADATA_FILE} in {d} lists no sha256 for {unlisted}")
     for name, expected in files.items():
@@ -202,8 +219,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     verify = sub.add_parser("verify", help="format version and sha256 of every file; prints the model_version")
     verify.add_argument("export_dir")
+    files = sub.add_parser("files", help="the data files metadata.json lists, one a line (archive.sh, after verify)")
+    files.add_argument("export_dir")
     args = ap.parse_args(argv)
     try:
+        if args.command == "files":  # no second pass of sha256 over a 2M-item export
+            print("\n".join(sorted(read_metadata(args.export_dir).get("files") or {})))
+            return 0
         meta = verify_export(args.export_dir)
         version = str(meta.get("model_version") or "")
         if not version:

@@ -7,6 +7,10 @@
 
 Only available items are scorable: `matrix` holds their unit vectors and nothing else (no padding
 row, no unavailable rows), so no request can ever be answered with them and scoring needs no mask.
+On CPU the vectors are memory-mapped (copy-on-write, never written), so workers share their pages;
+`matrix` is made on first use (a view when every item is available, else a private copy of the
+available rows), so a worker that scores through the index and re-ranks with `row_vectors` never
+makes it.
 The id map is seqrec_artifact.ItemIndex, the one training built the export with.
 """
 from __future__ import annotations
@@ -43,14 +47,29 @@ class Catalogue:
         # rows[j] = item index of matrix row j; sorted, so positions() is a binary search.
         rows = np.flatnonzero(np.asarray(available, dtype=bool)) + 1
         self.rows = torch.from_numpy(rows).to(device)
-        self.matrix = (vectors[1:] if len(rows) == n else vectors[rows]).to(device).contiguous()
+        self.vectors = vectors.to(device)
+        self._matrix: Optional[torch.Tensor] = None
         # Available items, most popular first (ties: lower index first), for the fallback.
         self.popular_order = rows[np.argsort(-self.popularity[rows - 1], kind="stable")]
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """(M, D) unit vectors of the scorable items, row j = item index rows[j]: the exact scan's."""
+        if self._matrix is None:
+            whole = len(self.rows) == self.num_items
+            self._matrix = (self.vectors[1:] if whole else self.vectors[self.rows]).contiguous()
+        return self._matrix
+
+    def row_vectors(self, pos: torch.Tensor) -> torch.Tensor:
+        """The vectors of matrix rows `pos`, read from the (shared) item vectors."""
+        return self.vectors[self.rows[pos]]
 
     @classmethod
     def load(cls, model_dir, meta: dict, device: torch.device) -> "Catalogue":
         d = Path(model_dir)
-        vectors = np.load(d / VECTORS_FILE, allow_pickle=False)
+        # mmap_mode "c": pages come from the page cache, shared by every worker; "r" would do the
+        # same but torch warns on read-only arrays.
+        vectors = np.load(d / VECTORS_FILE, allow_pickle=False, mmap_mode="c" if device.type == "cpu" else None)
         if vectors.dtype != np.float32:
             raise RuntimeError(f"seqrec: {VECTORS_FILE} must be float32, got {vectors.dtype}")
         index = ItemIndex.read(d, meta)

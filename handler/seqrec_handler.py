@@ -32,14 +32,16 @@ if __package__:  # imported as handler.seqrec_handler (tests, benchmarks, devtoo
     from .seqrec_artifact import MODEL_FILE, verify_export
     from .seqrec_catalogue import Catalogue
     from .seqrec_contract import BadRequest, Request, parse_request
+    from .seqrec_index import CandidateIndex
     from .seqrec_request import Answer, Failure, Outcome, Resolved, partition, resolve
-    from .seqrec_scoring import chunked_topk
+    from .seqrec_twostage import ScoringOptions, rank_catalogue
 else:  # TorchServe: the archive's files land flat in model_dir, the worker's import path
     from seqrec_artifact import MODEL_FILE, verify_export
     from seqrec_catalogue import Catalogue
     from seqrec_contract import BadRequest, Request, parse_request
+    from seqrec_index import CandidateIndex
     from seqrec_request import Answer, Failure, Outcome, Resolved, partition, resolve
-    from seqrec_scoring import chunked_topk
+    from seqrec_twostage import ScoringOptions, rank_catalogue
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +66,27 @@ class SeqrecHandler(BaseHandler):
         self.device = self._pick_device(props.get("gpu_id"), context)
         self.model = torch.jit.load(os.path.join(model_dir, MODEL_FILE), map_location=self.device).eval()
         self.catalogue = Catalogue.load(model_dir, self.meta, self.device)
+        self.index = self._load_index(model_dir, getattr(context, "model_yaml_config", None))
         self.model_name = self.meta.get("model_name", "seqrec")
         self.model_version = str(self.meta.get("model_version", ""))
         self.context = context
         self._warm_up()
         self.initialized = True
-        log.info("seqrec %s ready on %s: %d items (%d scorable), total_length %d, %d threads",
+        log.info("seqrec %s ready on %s: %d items (%d scorable), total_length %d, %d threads, scoring %s",
                  self.model_version, self.device, self.catalogue.num_items, len(self.catalogue.rows),
-                 int(self.model.total_length), torch.get_num_threads())
+                 int(self.model.total_length), torch.get_num_threads(),
+                 "exact" if self.index is None else f"{self.index.kind} {self.index.knobs} + exact re-rank")
+
+    def _load_index(self, model_dir, yaml_config) -> Optional[CandidateIndex]:
+        """The export's candidate index unless the model YAML asks for exact scoring."""
+        opts = ScoringOptions.from_yaml(yaml_config)
+        if opts.scoring == "exact":
+            return None
+        index = CandidateIndex.load(model_dir, self.meta, opts.ef_search, opts.nprobe, torch.get_num_threads())
+        if index is None and opts.scoring == "index":
+            raise RuntimeError("seqrec: the model YAML asks for seqrec.scoring=index but this export has no "
+                               "index; re-export with --set index=hnsw (or drop the setting)")
+        return index
 
     @staticmethod
     def _pick_device(gpu_id, context) -> torch.device:
@@ -185,13 +200,14 @@ class SeqrecHandler(BaseHandler):
         return self.model(items.to(self.device), features.to(self.device), lengths.to(self.device))
 
     def _rank_catalogue(self, work: Dict[int, Resolved], tastes: Dict[int, torch.Tensor]) -> Dict[int, Outcome]:
-        """The whole catalogue for every request without candidates: one chunked top-k."""
+        """The whole catalogue for every request without candidates: the index's shortlists
+        re-ranked exactly, or one chunked exact top-k (seqrec_twostage)."""
         if not work:
             return {}
         try:
-            cos, pos = chunked_topk(torch.stack([tastes[i] for i in work]), self.catalogue.matrix,
-                                    max(w.k for w in work.values()), [w.banned for w in work.values()])
-            return {i: self._ranked(w, cos[row], pos[row]) for row, (i, w) in enumerate(work.items())}
+            ranked = rank_catalogue(torch.stack([tastes[i] for i in work]),
+                                    [(w.k, w.banned) for w in work.values()], self.catalogue, self.index)
+            return {i: self._ranked(w, *r) for (i, w), r in zip(work.items(), ranked)}
         except Exception as e:  # noqa: BLE001 -- reported per request as 500
             log.exception("seqrec: scoring failed")
             return {i: Failure.internal(e) for i in work}
@@ -201,7 +217,7 @@ class SeqrecHandler(BaseHandler):
         try:
             if taste is None:
                 return self._popular(w)
-            cos = self.catalogue.matrix[w.candidates] @ taste
+            cos = self.catalogue.row_vectors(w.candidates) @ taste
             top = torch.topk(cos, min(w.k, cos.numel()))
             return self._ranked(w, top.values, w.candidates[top.indices])
         except Exception as e:  # noqa: BLE001
@@ -211,7 +227,8 @@ class SeqrecHandler(BaseHandler):
     def _ranked(self, w: Resolved, cos: torch.Tensor, pos: torch.Tensor) -> Answer:
         cos, pos = cos[: w.k], pos[: w.k]
         ok = torch.isfinite(cos)  # -inf: banned, or padding when fewer than k rows were allowed
-        scores = self.model.score(cos[ok]).float().cpu().tolist()
+        # The score is the cosine itself (docs/http-api.md): the model's tanh(cos*|w|+b) saturates at 1.
+        scores = cos[ok].float().cpu().tolist()
         ids = self.catalogue.decode(self.catalogue.rows[pos[ok]].cpu().numpy())
         return Answer(ids, scores, w.unknown, fallback=None)
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from handler_fixtures import load_handler, make_export
 
-from handler.seqrec_artifact import (DATA_FILES, FORMAT_VERSION, METADATA_FILE, ExportError, ItemIndex,
+from handler.seqrec_artifact import (DATA_FILES, FORMAT_VERSION, INDEX_FILE, METADATA_FILE, ExportError, ItemIndex,
                                      read_metadata, sha256_file, verify_export, write_metadata)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> Path:
-    return make_export(tmp_path_factory.mktemp("artifact"), num_items=40, version="3.1")
+    return make_export(tmp_path_factory.mktemp("artifact"), num_items=40, version="3.1",
+                       index_spec="hnsw:M=8,ef_construction=20")
 
 
 @pytest.fixture
@@ -58,11 +59,12 @@ def archive(d: Path, store: Path) -> subprocess.CompletedProcess:
 # ---- metadata and verification
 def test_export_writes_format_and_sha256_and_verifies(export):
     meta = verify_export(export)
-    assert meta["format_version"] == FORMAT_VERSION == 2 and meta["model_version"] == "3.1"
-    assert set(meta["files"]) == set(DATA_FILES)
-    for name in DATA_FILES:
+    assert meta["format_version"] == FORMAT_VERSION == 3 and meta["model_version"] == "3.1"
+    assert set(meta["files"]) == {*DATA_FILES, INDEX_FILE} and meta["index"]["kind"] == "hnsw"
+    assert meta["index"]["entries"] == meta["index"]["live"] == int(pd.read_parquet(export / "items.parquet")["available"].sum())
+    for name in meta["files"]:
         assert meta["files"][name] == sha256_file(export / name)
-    assert sorted(p.name for p in export.iterdir()) == sorted([*DATA_FILES, METADATA_FILE])  # no temp file left
+    assert sorted(p.name for p in export.iterdir()) == sorted([*DATA_FILES, INDEX_FILE, METADATA_FILE])  # no temp file left
 
 
 def test_write_metadata_round_trip_replaces_format_and_sums(copy):
@@ -74,22 +76,45 @@ def test_write_metadata_round_trip_replaces_format_and_sums(copy):
     assert verify_export(copy)["model_version"] == "3.1"
 
 
-def test_an_edited_byte_is_a_sha256_error(copy):
-    raw = bytearray((copy / "model.pt").read_bytes())
+@pytest.mark.parametrize("name", ["model.pt", INDEX_FILE])
+def test_an_edited_byte_is_a_sha256_error(copy, name):
+    raw = bytearray((copy / name).read_bytes())
     raw[len(raw) // 2] ^= 1
-    (copy / "model.pt").write_bytes(bytes(raw))
-    with pytest.raises(ExportError, match="sha256 mismatch for model.pt: metadata.json says [0-9a-f]{64}"):
+    (copy / name).write_bytes(bytes(raw))
+    with pytest.raises(ExportError, match=f"sha256 mismatch for {name}: metadata.json says [0-9a-f]{{64}}"):
         verify_export(copy)
+    with pytest.raises(ExportError, match=f"sha256 mismatch for {name}"):  # the worker refuses to load it
+        load_handler(copy)
+
+
+def test_an_index_the_metadata_names_must_be_there_and_listed(copy):
+    meta = read_metadata(copy)
+    set_meta(copy, files={k: v for k, v in meta["files"].items() if k != INDEX_FILE})
+    with pytest.raises(ExportError, match=r"lists no sha256 for \['candidates.faiss'\]"):
+        verify_export(copy)
+    (copy / INDEX_FILE).unlink()
+    with pytest.raises(ExportError, match="metadata says index 'hnsw' but .* does not exist"):
+        write_metadata(copy, meta)
+
+
+def test_a_format_2_export_is_still_served_exactly(copy):
+    """Format 2 had no index: served by the exact scan, not refused."""
+    (copy / INDEX_FILE).unlink()
+    meta = read_metadata(copy)
+    set_meta(copy, format_version=2, index=None, files={k: v for k, v in meta["files"].items() if k != INDEX_FILE})
+    assert verify_export(copy)["format_version"] == 2
+    h, _ = load_handler(copy)
+    assert h.index is None
 
 
 @pytest.mark.parametrize("version, has", [(None, "format 1 (metadata.json has no format_version)"),
-                                          (1, "format 1"), (99, "format 99"), ("2", "format '2'")])
+                                          (1, "format 1"), (99, "format 99"), ("3", "format '3'")])
 def test_unknown_format_is_refused_with_what_to_do(copy, version, has):
     set_meta(copy, format_version=version)
     with pytest.raises(ExportError) as e:
         verify_export(copy)
     msg = str(e.value)
-    assert f"is export {has}; this seqrec reads format 2 only" in msg
+    assert f"is export {has}; this seqrec reads formats 2-3 only" in msg
     assert "python -m train" in msg and "python -m train.catalog" in msg
     assert ("newer seqrec" in msg) == (version == 99)
 
@@ -99,7 +124,7 @@ def test_missing_unlisted_and_bad_metadata(copy):
     with pytest.raises(ExportError, match="item_vectors.npy .listed in metadata.json. is missing"):
         verify_export(copy)
     set_meta(copy, files={"model.pt": "0" * 64})
-    with pytest.raises(ExportError, match=r"lists no sha256 for \['item_vectors.npy', 'items.parquet'\]"):
+    with pytest.raises(ExportError, match=r"lists no sha256 for \['item_vectors.npy', 'items.parquet', 'candidates.faiss'\]"):
         verify_export(copy)
     (copy / METADATA_FILE).write_text("{not json")
     with pytest.raises(ExportError, match="is not valid JSON"):
@@ -145,13 +170,13 @@ def test_the_archive_carries_exactly_the_handler_folder_and_the_export(export, t
         names = {n for n in mar.namelist() if not n.startswith("MAR-INF/")}
     handler = {f.name for f in (ROOT / "handler").iterdir() if f.is_file()}
     assert {n for n in names if n.endswith(".py")} == {n for n in handler if n.endswith(".py")}
-    assert names == handler | {"model.pt", "item_vectors.npy", "items.parquet", "metadata.json"}
+    assert names == handler | {"model.pt", "item_vectors.npy", "items.parquet", INDEX_FILE, "metadata.json"}
 
 
 # ---- the handler
 def test_handler_refuses_an_unknown_format_at_load(copy):
     set_meta(copy, format_version=99)
-    with pytest.raises(RuntimeError, match="export format 99; this seqrec reads format 2 only. Re-export"):
+    with pytest.raises(RuntimeError, match="export format 99; this seqrec reads formats 2-3 only. Re-export"):
         load_handler(copy)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from handler.seqrec_index import IndexSpec
 from model import ModelConfig
 from model.config import PROBABILITY, ConfigError, Rule, check_fields, check_keys
 
@@ -51,12 +52,18 @@ class TrainConfig:
     synthetic_seed: int = 0          # the marketplace's seed, apart from `seed` (training), so
                                      # several training seeds can be compared on one dataset
     version: str = ""                # model version written to metadata ("" = timestamp)
+    index: str = "auto"              # candidate index of the export: auto (hnsw from 100k items) | none |
+                                     # hnsw[:M=32,ef_construction=200,ef_search=64] | ivf[:nlist=1024,nprobe=32]
     cold_start_items: float = 0.0    # >0: hold this fraction of items out of training and report
                                      # their cold-start ranking from content (train/coldstart.py)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self):
         check_fields(self, TRAIN_RULES)
+        try:
+            IndexSpec.parse(self.index)
+        except ValueError as e:
+            raise ConfigError("index", str(e)) from None
         if not isinstance(self.model, ModelConfig):
             raise ConfigError("model", f"must be a ModelConfig, got {self.model!r}")
         if self.refit_on_validation and self.split != "loo":

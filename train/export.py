@@ -1,6 +1,6 @@
 """Write the export directory (see docs/export-format.md) that archive.sh packs for serving.
 
-    export_model(model, index, popularity, out_dir, items=items_df, metadata={...})
+    export_model(model, index, popularity, out_dir, items=items_df, metadata={...}, index_spec="hnsw:M=32")
 
 File names, metadata.json (format_version, sha256) and the id map are handler.seqrec_artifact's,
 the module the handler and archive.sh read the export with.
@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from handler.seqrec_artifact import ITEMS_FILE, MODEL_FILE, VECTORS_FILE, ItemIndex, write_metadata
+from handler.seqrec_artifact import INDEX_FILE, ITEMS_FILE, MODEL_FILE, VECTORS_FILE, ItemIndex, write_metadata
+from handler.seqrec_index import IndexSpec, build
 from model import SequenceModel
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,11 @@ def candidate_table(index: ItemIndex, popularity: np.ndarray, items: Optional[pd
 
 def export_model(model: SequenceModel, index: ItemIndex, popularity: np.ndarray, out_dir,
                  items: Optional[pd.DataFrame] = None, metadata: Optional[Dict[str, Any]] = None,
-                 item_vectors: Optional[np.ndarray] = None) -> Path:
-    """Script the model, write the candidate index, then metadata.json (format_version, sha256 of
-    every file), last and atomically."""
+                 item_vectors: Optional[np.ndarray] = None, index_spec: str = "auto") -> Path:
+    """Script the model, write the item vectors, the item table and the candidate index
+    (`index_spec`, handler.seqrec_index.IndexSpec: hnsw/ivf with knobs, none, or auto = hnsw from
+    100k available items), then metadata.json (format_version, sha256 of every file), last and
+    atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
@@ -55,7 +58,10 @@ def export_model(model: SequenceModel, index: ItemIndex, popularity: np.ndarray,
     if item_vectors.shape[0] != len(index) + 1:
         raise ValueError(f"item_vectors has {item_vectors.shape[0]} rows, expected {len(index) + 1}")
     np.save(out / VECTORS_FILE, item_vectors, allow_pickle=False)
-    candidate_table(index, popularity, items).to_parquet(out / ITEMS_FILE, index=False)
+    table = candidate_table(index, popularity, items)
+    table.to_parquet(out / ITEMS_FILE, index=False)
+    (out / INDEX_FILE).unlink(missing_ok=True)  # an old export's index must not be listed as this one's
+    index_info = build(IndexSpec.parse(index_spec), item_vectors, table["available"].to_numpy(), out / INDEX_FILE)
 
     meta = {
         "model_name": "seqrec",
@@ -65,6 +71,7 @@ def export_model(model: SequenceModel, index: ItemIndex, popularity: np.ndarray,
         "num_items": len(index),
         "total_length": int(model.total_length),
         "torch_version": torch.__version__,
+        "index": index_info,
     }
     meta.update(metadata or {})
     meta = write_metadata(out, meta)

@@ -304,5 +304,5 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
             "data_summary": summary["data"], "metrics": test}
     if cfg.version:
         meta["model_version"] = cfg.version
-    export_model(model, prep.index, prep.popularity[1:], out, items=prep.items, metadata=meta)
+    export_model(model, prep.index, prep.popularity[1:], out, items=prep.items, metadata=meta, index_spec=cfg.index)
     return summary

@@ -208,9 +208,9 @@ def test_candidates_rank_only_those(loaded):
     assert empty["items"] == [] and empty["fallback"] is None
 
 
-def test_scores_are_the_models_score_of_plain_topk(loaded, export_dir):
+def test_scores_are_the_cosines_of_plain_topk(loaded, export_dir):
     """End to end against a hand computation: training's padding, the scripted forward, plain
-    torch.topk over the available rows, model.score of the cosine."""
+    torch.topk over the available rows; the score is the cosine itself."""
     from model import NUM_EVENT_FEATURES
     from model.padding import pad_batch
 
@@ -229,7 +229,7 @@ def test_scores_are_the_models_score_of_plain_topk(loaded, export_dir):
         cos[torch.from_numpy(np.flatnonzero(~items["available"].to_numpy()) + 1)] = -math.inf
         cos[torch.tensor(hist_idx)] = -math.inf
         top = torch.topk(cos, 10)
-        want_scores = model.score(top.values).tolist()
+        want_scores = top.values.tolist()  # the score is the cosine (docs/http-api.md)
     want_ids = items["item_id"].to_numpy()[top.indices.numpy() - 1].tolist()
     [(_, r)] = ask(loaded, {"history": hist, "k": 10})
     assert ids_of(r) == want_ids

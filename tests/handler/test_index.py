@@ -1,0 +1,123 @@
+"""Two-stage scoring (handler/seqrec_index.py, seqrec_twostage.py) in process: the index path's
+answers match the exact path's on clustered item vectors and obey the contract, a shortlist eaten
+by exclusions falls back to the exact scan, `candidates` stay exact, scores are cosines.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/handler/test_index.py
+"""
+import json
+
+import numpy as np
+import pytest
+from handler_fixtures import load_handler, make_export, run_batch
+
+from devtools.fuzz_oracle import Catalog, FuzzCase, check_answer, same_ranking
+from handler import seqrec_twostage
+from handler.seqrec_twostage import ScoringOptions
+
+EXACT = {"seqrec": {"scoring": "exact"}}
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def hnsw_export(tmp_path_factory):
+    return make_export(tmp_path_factory.mktemp("hnsw"), num_items=N, clusters=40,
+                       index_spec="hnsw:M=16,ef_construction=80,ef_search=128")
+
+
+@pytest.fixture(scope="module")
+def ivf_export(tmp_path_factory):
+    # nprobe 1 of ~15 lists: a shortlist of ~40 items, so exclusions can eat it
+    return make_export(tmp_path_factory.mktemp("ivf"), num_items=600, clusters=15,
+                       index_spec="ivf:nlist=15,nprobe=1")
+
+
+def ask(loaded, *bodies):
+    h, ctx = loaded
+    out = run_batch(h, ctx, list(bodies))
+    return [(ctx.get_response_status(i)[0], json.loads(o)) for i, o in enumerate(out)]
+
+
+def checked(cat, body, status, answer):
+    case = FuzzCase("valid/index", json.dumps(body).encode(), request=body)
+    problem = check_answer(case, status, answer, cat)
+    assert problem is None, f"{problem}: {body}"
+
+
+def random_requests(cat: Catalog, n: int, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        body = {"history": rng.choice(cat.ids, rng.integers(1, 12)).tolist(), "k": int(rng.integers(1, 60))}
+        if rng.random() < 0.4:
+            body["exclude"] = rng.choice(cat.ids, rng.integers(1, 200)).tolist()
+        if rng.random() < 0.2:
+            body["exclude_seen"] = False
+        out.append(body)
+    return out
+
+
+def test_index_answers_equal_exact_for_most_requests_and_all_obey_the_contract(hnsw_export):
+    index, exact = load_handler(hnsw_export), load_handler(hnsw_export, yaml_config=EXACT)
+    assert index[0].index is not None and index[0].index.kind == "hnsw" and exact[0].index is None
+    cat = Catalog.from_export(hnsw_export)
+    bodies = random_requests(cat, 80)
+    before = seqrec_twostage.STATS["index"]
+    same, recall = 0, []
+    for batch in range(0, len(bodies), 8):  # batches of 8, as TorchServe would hand them over
+        chunk = bodies[batch:batch + 8]
+        for body, (s1, a1), (s2, a2) in zip(chunk, ask(index, *chunk), ask(exact, *chunk)):
+            checked(cat, body, s1, a1)
+            checked(cat, body, s2, a2)
+            same += same_ranking(a1, a2) is None
+            got, want = {it["item_id"] for it in a1["items"]}, {it["item_id"] for it in a2["items"]}
+            recall.append(len(got & want) / len(want))
+    assert seqrec_twostage.STATS["index"] - before >= len(bodies) * 0.9  # the index really answered
+    assert same >= 0.9 * len(bodies), f"only {same} of {len(bodies)} answers equal the exact ones"
+    assert np.mean(recall) >= 0.98
+    assert index[0].catalogue._matrix is None  # the exact scan's private copy was never made
+
+
+def test_exclusions_that_eat_the_shortlist_fall_back_to_the_exact_scan(ivf_export):
+    index, exact = load_handler(ivf_export), load_handler(ivf_export, yaml_config=EXACT)
+    cat = Catalog.from_export(ivf_export)
+    history = [cat.ids[0], cat.ids[5]]
+    [(_, full)] = ask(exact, {"history": history, "k": 1000})
+    ranked = [it["item_id"] for it in full["items"]]
+    # everything but the 15 items least like the taste excluded: the probed list holds none of them
+    body = {"history": history, "k": 10, "exclude": ranked[:-15]}
+    before = seqrec_twostage.STATS["shortlist_dry"]
+    [(s1, a1)], [(s2, a2)] = ask(index, body), ask(exact, body)
+    assert seqrec_twostage.STATS["shortlist_dry"] == before + 1
+    checked(cat, body, s1, a1)
+    assert len(a1["items"]) == 10 and same_ranking(a1, a2) is None
+
+
+def test_candidates_keep_exact_scoring(hnsw_export):
+    index, exact = load_handler(hnsw_export), load_handler(hnsw_export, yaml_config=EXACT)
+    cat = Catalog.from_export(hnsw_export)
+    body = {"history": cat.ids[:3], "candidates": cat.ids[100:400], "k": 20}
+    before = dict(seqrec_twostage.STATS)
+    [(s1, a1)], [(_, a2)] = ask(index, body), ask(exact, body)
+    checked(cat, body, s1, a1)
+    assert same_ranking(a1, a2) is None and dict(seqrec_twostage.STATS) == before  # neither whole-catalogue path
+
+
+def test_scores_are_distinct_cosines(hnsw_export):
+    h = load_handler(hnsw_export)
+    [(status, answer)] = ask(h, {"history": [1000, 1003, 1006], "k": 50})
+    scores = [it["score"] for it in answer["items"]]
+    assert status == 200 and len(scores) == 50
+    assert len(set(scores)) == len(scores) and all(-1 <= s <= 1 for s in scores)
+    assert max(scores) < 0.9999  # the seed's tanh score saturated at 1.000 for every item
+
+
+def test_model_yaml_selects_scoring_and_refuses_typos(export_dir, hnsw_export):
+    assert ScoringOptions.from_yaml({"seqrec": {"scoring": "index", "ef_search": 128}}).ef_search == 128
+    assert load_handler(hnsw_export, yaml_config={"seqrec": {"ef_search": 200}})[0].index.knobs["ef_search"] == 200
+    assert load_handler(export_dir)[0].index is None  # 300 items, index "auto": exact
+    for bad, match in [({"scoring": "fast"}, "seqrec.scoring must be one of"), ({"efsearch": 3}, "unknown seqrec keys"),
+                       ({"ef_search": 0}, "positive integer"), ({"nprobe": True}, "positive integer")]:
+        with pytest.raises(ValueError, match=match):
+            ScoringOptions.from_yaml({"seqrec": bad})
+    with pytest.raises(RuntimeError, match="seqrec.scoring=index but this export has no index"):
+        load_handler(export_dir, yaml_config={"seqrec": {"scoring": "index"}})
