@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from handler.seqrec_artifact import ExportError, sha256_file
+from handler.seqrec_artifact import ExportError, sha256_file, verify_export
 from model import ModelConfig
 from train.catalog import main as catalog_main, rebuild
 from train.config import TrainConfig
@@ -133,3 +133,49 @@ def test_bad_updates_fail_loudly(content_export, tmp_path):
     np.save(broken / "item_vectors.npy", np.zeros((3, 8), np.float32))
     with pytest.raises(ExportError, match="sha256 mismatch for item_vectors.npy"):
         rebuild(broken, pd.DataFrame({"item_id": [1]}), tmp_path / "z", "9")
+
+
+@pytest.fixture(scope="module")
+def indexed_export(tmp_path_factory):
+    cfg = TrainConfig.from_dict({**TINY, "version": "1.0", "index": "hnsw:M=8,ef_construction=40,ef_search=64",
+                                 "model": {**TINY["model"], "use_content": True}})
+    out = tmp_path_factory.mktemp("indexed")
+    run(cfg, out)
+    return out
+
+
+def test_rebuild_adds_new_listings_to_the_index_and_filters_sold_ones(indexed_export, tmp_path):
+    from devtools.fuzz_oracle import Catalog, FuzzCase, check_answer
+    from handler.seqrec_index import CandidateIndex
+    from handler_fixtures import load_handler, run_batch
+
+    base = json.loads((indexed_export / "metadata.json").read_text())["index"]
+    assert base["kind"] == "hnsw" and base["entries"] == base["live"]
+    old_items = pd.read_parquet(indexed_export / "items.parquet")
+    upd = update_table(old_items)
+    rec = rebuild(indexed_export, upd, tmp_path / "v2", "1.1")
+    meta = verify_export(tmp_path / "v2")  # the new index is listed with its sha256
+    info = meta["index"]
+    old_vec, vec = np.load(indexed_export / "item_vectors.npy"), np.load(tmp_path / "v2" / "item_vectors.npy")
+    moved = int((np.abs(vec[1:len(old_vec)] - old_vec[1:]).max(axis=1) > 1e-6)[old_items["available"].to_numpy()
+                                                                              & (old_items["item_id"] != upd["item_id"][2]).to_numpy()].sum())
+    assert rec["index"] == info and not info["rebuilt"]
+    assert info["entries"] == base["entries"] + 2 + moved and info["live"] == base["live"] + 1  # +2 new, -1 sold
+    index = CandidateIndex.load(tmp_path / "v2", meta)
+    new_rows = np.arange(len(old_items) + 1, len(old_items) + 3)
+    assert all(row in found for row, found in zip(new_rows, index.search(vec[new_rows], 5)))
+    # The sold item is still in the graph, and never served: every answer obeys the contract.
+    h, ctx = load_handler(tmp_path / "v2")
+    assert h.index is not None
+    cat = Catalog.from_export(tmp_path / "v2")
+    bodies = [{"history": [int(x)], "k": 30} for x in old_items["item_id"][:20]]
+    for body, out in zip(bodies, run_batch(h, ctx, bodies)):
+        case = FuzzCase("valid/catalog", json.dumps(body).encode(), request=body)
+        assert check_answer(case, 200, json.loads(out), cat) is None
+
+
+def test_rebuild_starts_a_fresh_index_when_most_of_it_is_dead(indexed_export, tmp_path):
+    old_items = pd.read_parquet(indexed_export / "items.parquet")
+    live = old_items[old_items["available"]].head(5)[["item_id", "category", "price"]]
+    rec = rebuild(indexed_export, live, tmp_path / "snap", "1.2", snapshot=True)
+    assert rec["index"]["rebuilt"] and rec["index"]["entries"] == rec["index"]["live"] == 5

@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from handler.seqrec_artifact import ITEMS_FILE, MODEL_FILE, VECTORS_FILE, verify_export, write_metadata
+from handler import seqrec_index
+from handler.seqrec_artifact import INDEX_FILE, ITEMS_FILE, MODEL_FILE, VECTORS_FILE, verify_export, write_metadata
 from model import ModelConfig
 
 from .content import categorical_values, encode_content
@@ -79,7 +80,7 @@ def rebuild(export_dir, items: pd.DataFrame, out_dir, version: str, snapshot: bo
     if "item_id" not in items:
         raise ValueError(f"item table has no 'item_id' column (columns: {list(items.columns)})")
     table = pd.read_parquet(src / ITEMS_FILE)
-    vectors = np.load(src / VECTORS_FILE, allow_pickle=False)
+    vectors = base_vectors = np.load(src / VECTORS_FILE, allow_pickle=False)
     mc = ModelConfig.from_dict(meta["model_config"])
 
     upd = items.copy()
@@ -103,7 +104,8 @@ def rebuild(export_dir, items: pd.DataFrame, out_dir, version: str, snapshot: bo
         if c not in table:
             table[c] = pd.Series([None] * len(table), dtype=object) if c != "available" else True
     rows = pos[pos >= 0]
-    before_unavailable = int((~table["available"].fillna(True).astype(bool)).sum())
+    base_available = table["available"].fillna(True).astype(bool).to_numpy()
+    before_unavailable = int((~base_available).sum())
     for c in extra:
         vals = _like(table[c], known[c]).tolist()
         col = table[c].astype(object)
@@ -145,14 +147,24 @@ def rebuild(export_dir, items: pd.DataFrame, out_dir, version: str, snapshot: bo
         raise RuntimeError(f"{len(table)} items but {vectors.shape[0] - 1} vectors")
     np.save(out / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
     table.to_parquet(out / ITEMS_FILE, index=False)
+    # The candidate index: new listings added, items whose vector moved re-added (the old entry
+    # goes dead), sold ones left in and filtered when served; rebuilt when too much of it is dead.
+    (out / INDEX_FILE).unlink(missing_ok=True)
+    added_idx = np.arange(len(table) - len(added), len(table)) + 1
+    n_base = len(base_vectors)
+    moved = np.abs(vectors[1:n_base] - base_vectors[1:]).max(axis=1) > 1e-6
+    relisted = ~base_available & table["available"].to_numpy()[: n_base - 1]  # not in the index yet
+    moved = np.flatnonzero(moved | relisted) + 1
+    index_info = seqrec_index.update(meta.get("index") or {}, src, out, vectors,
+                                     table["available"].to_numpy(), added_idx, moved)
 
     record = {"base_version": meta.get("model_version"), "items_file": source, "snapshot": snapshot,
               "rows": int(len(upd)), "updated": int(len(known)), "added": int(len(added)),
               "skipped_new_items_without_content_model": skipped,
               "newly_unavailable": int((~table["available"]).sum()) - before_unavailable,
-              "available_items": int(table["available"].sum())}
+              "available_items": int(table["available"].sum()), "index": index_info}
     meta.update({"model_version": version, "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-                 "num_items": int(len(table)), "catalog_update": record})
+                 "num_items": int(len(table)), "index": index_info, "catalog_update": record})
     write_metadata(out, meta)
     log.info("catalog: %s -> %s version %s: %s", src, out, version, record)
     return record
