@@ -65,8 +65,11 @@ class SequenceModel(nn.Module):
         self.source_ids: Dict[str, int] = {v: i + 2 for i, v in enumerate(config.sources)}
 
         d = config.embedding_dim
-        self.item_embedding = nn.Embedding(config.num_items + 1, d, padding_idx=0, max_norm=1.0)
-        with torch.no_grad():  # start on the unit sphere: max_norm keeps rows there afterwards
+        # Rows stay at norm <= 1 through renorm_item_rows after each optimizer step, not through
+        # max_norm: that clipped in place at lookup, so under DDP each rank clipped only the rows its
+        # own batch looked up and the ranks' tables drifted apart.
+        self.item_embedding = nn.Embedding(config.num_items + 1, d, padding_idx=0)
+        with torch.no_grad():  # start on the unit sphere
             self.item_embedding.weight.copy_(F.normalize(self.item_embedding.weight, dim=-1))
             self.item_embedding.weight[0].zero_()
         if item_vectors is not None:
@@ -170,6 +173,17 @@ class SequenceModel(nn.Module):
         self.item_categorical = categorical.long()
         self.item_text = text.long()
         self.item_numeric = numeric.float()
+
+    def renorm_item_rows(self, rows: Optional[Tensor] = None) -> None:
+        """Scale id rows (`rows`, or all) back to norm <= 1: training calls it after each optimizer
+        step on the rows the step moved. Vectors are normalised before use, so this bounds the raw
+        norm only (and with it how far content can pull an item vector)."""
+        with torch.no_grad():
+            w = self.item_embedding.weight
+            if rows is None:
+                w.renorm_(2, 0, 1.0)
+            else:
+                w.index_copy_(0, rows, w.index_select(0, rows).renorm(2, 0, 1.0))
 
     @torch.jit.export
     def num_rows(self) -> int:

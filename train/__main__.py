@@ -3,21 +3,25 @@
     python -m train --data synthetic --out artifacts/demo
     python -m train --data amazon-beauty --out artifacts/beauty --set epochs=40 model.embedding_dim=64
     python -m train --config my.json --out artifacts/x --version 2.0
-    torchrun --nproc_per_node 2 -m train --data synthetic --out artifacts/ddp   # DDP, one process per GPU/core
+    torchrun --nproc_per_node 2 -m train --data synthetic --out artifacts/ddp   # DDP (gloo), processes share the cores
 
 Data: `synthetic` (embedded generator), a bundled dataset name under $SEQREC_DATA
 (ml-latest-small, amazon-beauty, otto-sample, diginetica-sample), or a .csv/.parquet event log.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import sys
+from .threads import quiet_openmp_waits
 
-from .config import load_config
-from .errors import UserError, cli_error
-from .pipeline import run
+quiet_openmp_waits()  # first: OpenMP reads its wait policy once, when torch loads it
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+from .config import load_config  # noqa: E402
+from .errors import UserError, cli_error  # noqa: E402
+from .pipeline import run  # noqa: E402
 
 
 def main(argv=None) -> int:

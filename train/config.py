@@ -27,7 +27,9 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 128            # sequences per step
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0        # Adam's L2; only with item_optimizer=adam (SparseAdam has none)
+    item_optimizer: str = "sparse_adam"  # sparse_adam: sparse item-table gradient + SparseAdam (a step
+                                     # costs the same at any catalogue size) | adam: the dense reference
     sample_size: int = 2048          # candidates per batch: every target of the batch + random items
     negatives: str = "uniform"       # uniform | popularity
     logq: bool = True                # with popularity negatives: subtract log q from logits
@@ -46,7 +48,9 @@ class TrainConfig:
     # it; the early-stopped model's test metrics are reported too. Test events are never trained on.
     refit_on_validation: bool = False
     seed: int = 0
-    num_threads: int = 0             # 0 = torch default
+    num_threads: int = 0             # 0 = auto: $OMP_NUM_THREADS if set, else usable cores // processes
+                                     # on this node (train/threads.py)
+    progress_seconds: float = 30.0   # not on a terminal: a progress line this often (on one: tqdm)
     synthetic_users: int = 2000
     synthetic_items: int = 1500
     synthetic_seed: int = 0          # the marketplace's seed, apart from `seed` (training), so
@@ -68,6 +72,9 @@ class TrainConfig:
             raise ConfigError("model", f"must be a ModelConfig, got {self.model!r}")
         if self.refit_on_validation and self.split != "loo":
             raise ConfigError("refit_on_validation", f"needs split='loo', got split={self.split!r}")
+        if self.weight_decay > 0 and self.item_optimizer == "sparse_adam":
+            raise ConfigError("weight_decay", f"needs item_optimizer='adam' (SparseAdam has no weight "
+                                              f"decay), got {self.weight_decay!r}")
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
@@ -157,6 +164,8 @@ TRAIN_RULES: Dict[str, Rule] = {
     "epochs": Rule(low=1), "batch_size": Rule(low=1), "lr": Rule(low=0.0, low_open=True),
     "weight_decay": Rule(low=0.0), "sample_size": Rule(low=1),
     "negatives": Rule(choices=("uniform", "popularity")),
+    "item_optimizer": Rule(choices=("sparse_adam", "adam")),
+    "progress_seconds": Rule(low=0.0, low_open=True),
     "patience": Rule(low=1), "eval_every": Rule(low=1), "max_eval_users": Rule(low=0),
     "max_test_users": Rule(low=0),
     "max_train_seconds": Rule(low=0.0), "seed": Rule(low=0), "num_threads": Rule(low=0),

@@ -11,7 +11,10 @@ class CandidateSampler:
     """uniform: random items uniformly from 1..N. popularity: random items with probability
     proportional to popularity**alpha, and `log_q` holds the log sampling probability of every item
     so the trainer can subtract it from the logits (logQ correction; in-batch targets are drawn
-    from the same popularity distribution, so the correction applies to them too)."""
+    from the same popularity distribution, so the correction applies to them too).
+
+    A step costs O(sample_size log N), never O(N): popularity draws invert the cumulative
+    distribution, computed once, by binary search (torch.multinomial rebuilds it at every call)."""
 
     def __init__(self, num_items: int, sample_size: int, popularity: Optional[Tensor] = None,
                  mode: str = "uniform", alpha: float = 0.75):
@@ -26,6 +29,7 @@ class CandidateSampler:
             p[0] = 0.0
             self.probs = (p / p.sum()).float()
             self.log_q = torch.log(self.probs.clamp(min=1e-12))
+            self.cdf = torch.cumsum(p / p.sum(), 0)  # float64: exact enough for millions of items
 
     def sample(self, targets: Tensor, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
         """targets: any shape, 0 = padding. Returns (candidates (C,), position of each target in
@@ -37,8 +41,14 @@ class CandidateSampler:
         elif self.mode == "uniform":
             rand = torch.randint(1, self.num_items + 1, (n_random,), generator=generator)
         else:
-            rand = torch.multinomial(self.probs, n_random, replacement=True, generator=generator)
+            rand = self.draw_popular(n_random, generator)
         candidates = torch.unique(torch.cat([batch_targets, rand]))  # sorted, no duplicates
         positions = torch.searchsorted(candidates, targets.clamp(min=1))
         positions = positions.clamp(max=candidates.numel() - 1)
         return candidates, positions
+
+    def draw_popular(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """n items drawn with replacement, item i with probability probs[i]: the first index whose
+        cumulative probability exceeds a uniform u."""
+        u = torch.rand(n, generator=generator, dtype=torch.float64) * self.cdf[-1]
+        return torch.searchsorted(self.cdf, u, right=True).clamp_(1, self.num_items)

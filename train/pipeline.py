@@ -32,6 +32,7 @@ from .pretrained import load_item_vectors, svd_item_vectors
 from .report import plot_history
 from .sequences import EventColumns, SequentialDataset, encode_cases
 from .split import Cases, Split, leave_one_out, temporal_split
+from .threads import resolve_threads
 from .trainer import fit
 
 log = logging.getLogger(__name__)
@@ -232,17 +233,17 @@ def _is_main() -> bool:
 
 
 def init_distributed() -> None:
-    """Under torchrun (WORLD_SIZE > 1) join the process group: NCCL on GPUs, gloo on CPUs."""
+    """Under torchrun (WORLD_SIZE > 1) join the process group. gloo, also where there is a GPU:
+    training runs on the CPU, and NCCL has no all-reduce for the sparse item-table gradient."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("gloo")
 
 
 def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     """Train, evaluate on the test cases next to popularity, export. Returns the summary."""
     t_start = time.perf_counter()
     init_distributed()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    torch.set_num_threads(resolve_threads(cfg.num_threads))  # never more than this process's share
     torch.manual_seed(cfg.seed)
     prep = prepare(cfg)  # data mistakes are found before anything is written
     out = Path(out_dir)

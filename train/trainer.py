@@ -1,6 +1,7 @@
 """The training loop: sampled softmax, periodic full-ranking validation, early stopping on
 NDCG@10, a checkpoint after every epoch, resume, fixed seed. DDP-ready: under torchrun the loss
-module is wrapped in DistributedDataParallel and each rank takes its share of the batches.
+module is wrapped in DistributedDataParallel and each rank takes its share of the batches (gloo:
+the sparse item-table gradient is all-reduced as a sparse tensor).
 """
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
-
 from model import SequenceModel
 
 from .config import TrainConfig, config_diff
 from .errors import UserError
 from .loss import SampledSoftmaxLoss
 from .negatives import CandidateSampler
+from .optim import TrainOptimizer
+from .progress import EpochProgress
 from .sequences import SequentialDataset
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 # Config keys a resumed run may change: how long to go on and how to run, none of what the epochs
 # so far were trained on or validated with (a longer run resumes with more epochs, the kill test
 # reruns the same command, a version is only a label).
-RESUMABLE_CHANGES = ("epochs", "patience", "max_train_seconds", "num_threads", "version")
+RESUMABLE_CHANGES = ("epochs", "patience", "max_train_seconds", "num_threads", "progress_seconds", "version")
 
 
 @dataclass
@@ -58,9 +59,11 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     loss_module = SampledSoftmaxLoss(model)
-    step_module = torch.nn.parallel.DistributedDataParallel(loss_module) if world > 1 else loss_module
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = TrainOptimizer(model, cfg)  # before DDP: it makes the item gradient sparse
+    # No buffer broadcast: the buffers (item content ids) are built identically on every rank and
+    # never change, and syncing them at each forward would cost O(items) a step.
+    step_module = (torch.nn.parallel.DistributedDataParallel(loss_module, forward_sync_buffers=False)
+                   if world > 1 else loss_module)
     hist, start_epoch = History(), 0
     best_state = copy.deepcopy(model.state_dict())
 
@@ -79,22 +82,21 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
         t0 = time.perf_counter()
         batches = _length_bucketed_batches(data.lengths, cfg.batch_size, gen)
         batches = batches[:len(batches) - len(batches) % world][rank::world]  # equal steps per rank
-        total, seqs, events = 0.0, 0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0 or None,
-                   leave=False, mininterval=2.0)
-        for b in bar:
+        progress = EpochProgress(epoch + 1, cfg.epochs, len(batches), cfg.progress_seconds,
+                                 enabled=rank == 0, world=world)
+        for b in batches:
             lengths = data.lengths[b]
             t = int(lengths.max())  # padding is at the end: columns past the longest are all padding
             items, feats, targets = data.items[b, :t], data.features[b, :t], data.targets[b, :t]
             cands, pos = sampler.sample(targets, gen)
             loss = step_module(items, feats, targets, cands, pos, log_q)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(b); seqs += len(b); events += int(lengths.sum())
-            el = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{total / seqs:.4f}", seq_s=f"{seqs / el:.0f}")
+            progress.update(len(b), int(lengths.sum()), float(loss.detach()))
+        progress.close()
         seconds = time.perf_counter() - t0
+        total, seqs, events = _all_ranks(progress.loss_sum, progress.sequences, progress.events, world)
         hist.train_seconds += seconds; hist.sequences_seen += seqs; hist.events_seen += events
         row = {"epoch": epoch + 1, "loss": total / max(seqs, 1), "seconds": seconds,
                "sequences_per_s": seqs / seconds, "events_per_s": events / seconds}
@@ -125,9 +127,19 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
             _save(checkpoint, model, opt, best_state, gen, hist, epoch, cfg)
         if stop:
             break
+    opt.release()
     model.load_state_dict(best_state)
     model.eval()
     return hist
+
+
+def _all_ranks(loss_sum: float, seqs: int, events: int, world: int):
+    """An epoch's loss sum, sequences and events over every DDP rank, so throughput counts them all."""
+    if world == 1:
+        return loss_sum, seqs, events
+    t = torch.tensor([loss_sum, float(seqs), float(events)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0]), int(t[1]), int(t[2])
 
 
 def _length_bucketed_batches(lengths, batch_size: int, gen: torch.Generator, pool: int = 50):
