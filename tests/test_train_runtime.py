@@ -107,3 +107,47 @@ def test_a_logged_training_run_reports_progress_inside_the_epoch(tmp_path, caplo
     steps = int(first[3].split("/")[1])
     assert last[3] == f"{steps}/{steps}" and "(100%):" in lines[-1] and lines[-1].endswith("eta 0m00s")
     assert all(" events/s, loss " in line for line in lines)
+
+
+@pytest.mark.parametrize("content", [False, True])
+def test_the_sampled_softmax_is_the_plain_formula(content):
+    # train/loss.py folds the temperature into the queries and log q into the matmul (speed):
+    # the same loss and gradients as cosine x |w| - log q, cross-entropy.
+    import torch.nn.functional as F
+
+    from model import ModelConfig, SequenceModel
+    from train.loss import SampledSoftmaxLoss
+
+    torch.manual_seed(0)
+    mc = ModelConfig(num_items=30, embedding_dim=8, hidden_dim=8, total_length=6, dropout=0.0, feature_dropout=0.0)
+    extra = {}
+    if content:
+        mc.use_content, mc.content_vocab, mc.content_numeric, mc.content_numeric_stats = True, ["a=1"], [], []
+        extra = {"item_content": (torch.randint(0, 3, (31, 2)), torch.randint(0, 5, (31, 2)), torch.zeros(31, 1))}
+    model = SequenceModel(mc, **extra)
+    items, targets = torch.randint(1, 31, (4, 6)), torch.randint(1, 31, (4, 6))
+    targets[:, 4:] = 0
+    feats = torch.zeros(4, 6, 5, dtype=torch.long)
+    cands, pos = CandidateSampler(30, 12).sample(targets, torch.Generator().manual_seed(0))
+    log_q = torch.randn(31)
+
+    def reference():
+        mask = targets > 0
+        tastes = model.sequence_tastes(items, feats)[mask]
+        logits = tastes @ model.item_vectors(cands).T * model.temperature() - log_q[cands]
+        loss = F.cross_entropy(logits, pos[mask])
+        if content:
+            cold = tastes.detach() @ model.content_item_vectors(cands).T * model.temperature().detach()
+            loss = loss + model.content_loss_weight * F.cross_entropy(cold - log_q[cands], pos[mask])
+        return loss
+
+    results = []
+    for f in (lambda: SampledSoftmaxLoss(model)(items, feats, targets, cands, pos, log_q), reference):
+        model.zero_grad()
+        loss = f()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (a, ga), (b, gb) = results
+    assert torch.allclose(a, b, atol=1e-5) and len(ga) == len(gb) > 3
+    for x, y in zip(ga, gb):
+        assert torch.allclose(x, y, atol=1e-5)

@@ -25,14 +25,20 @@ class SampledSoftmaxLoss(nn.Module):
         mask = targets > 0                                                    # (B, T)
         tastes = self.model.sequence_tastes(items, features)[mask]            # (M, D)
         cand = self.model.item_vectors(candidates)                            # (C, D)
-        logits = (tastes @ cand.T) * self.model.temperature()                 # (M, C)
-        if log_q is not None:
-            logits = logits - log_q[candidates]
-        loss = F.cross_entropy(logits, positions[mask])
+        bias = -log_q[candidates] if log_q is not None else None              # (C,)
+        temp = self.model.temperature()
+        loss = F.cross_entropy(_logits(tastes * temp, cand, bias), positions[mask])
         if self.model.content_loss_weight > 0:  # stage 4: content alone must rank like the item
             cold = self.model.content_item_vectors(candidates)
-            cold_logits = (tastes.detach() @ cold.T) * self.model.temperature().detach()
-            if log_q is not None:
-                cold_logits = cold_logits - log_q[candidates]
+            cold_logits = _logits((tastes * temp).detach(), cold, bias)
             loss = loss + self.model.content_loss_weight * F.cross_entropy(cold_logits, positions[mask])
         return loss
+
+
+def _logits(queries: Tensor, candidates: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """(M, C) = queries @ candidates.T + bias. The temperature scales the (M, D) queries and the
+    bias rides in the matmul (addmm): each extra pass over the (M, C) logits, forward and backward,
+    cost more than the LSTM (the softmax over M x C is most of a step)."""
+    if bias is None:
+        return queries @ candidates.T
+    return torch.addmm(bias, queries, candidates.T)
