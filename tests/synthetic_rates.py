@@ -79,3 +79,18 @@ def planted_rates(events: pd.DataFrame, items: pd.DataFrame, pairs: pd.DataFrame
     for etype in ("purchase", "favourite", "message", "view"):         # 3
         rates[f"same_after_{etype}"] = within[within["prev_event_type"] == etype]["same_category"].mean()
     return {k: float(v) for k, v in rates.items()}
+
+
+def coherence_violations(events: pd.DataFrame, items: pd.DataFrame) -> Dict[str, int]:
+    """Counts of what the world forbids: touching an item before it is listed or after it is sold,
+    an item bought twice, a bought item whose sold_at is not its purchase time. All 0 when coherent."""
+    it = items.set_index("item_id").loc[events["item_id"]]
+    t = events["timestamp"].to_numpy()
+    bought = events[events["event_type"] == "purchase"]
+    sold_at = items.set_index("item_id")["sold_at"].loc[bought["item_id"]].to_numpy()
+    return {
+        "before_listing": int((it["listed_at"].to_numpy() > t).sum()),
+        "after_sale": int((t > it["sold_at"].fillna(np.inf).to_numpy()).sum()),
+        "bought_twice": int(bought["item_id"].duplicated().sum()),
+        "sold_at_not_purchase": int((sold_at != bought["timestamp"].to_numpy()).sum()),
+    }
