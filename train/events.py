@@ -136,8 +136,11 @@ def read_parquet(path: Union[str, Path], columns: Optional[Sequence[str]] = None
     data = pads.dataset([str(f) for f in files], format="parquet")
     if wanted is not None:
         columns = [c for c in data.schema.names if c in set(wanted)]
-    table = data.to_table(columns=list(columns) if columns is not None else None)
-    return table.to_pandas(split_blocks=True, self_destruct=True)
+    # The system allocator hands freed read buffers back at once (arrow's default pool keeps them,
+    # which at 30M events adds a gigabyte to the peak of the steps that follow).
+    pool = pa.system_memory_pool()
+    table = data.scanner(columns=list(columns) if columns is not None else None, memory_pool=pool).to_table()
+    return table.to_pandas(split_blocks=True, self_destruct=True, memory_pool=pool)
 
 
 def read_table(path: Union[str, Path], **kwargs) -> pd.DataFrame:
@@ -212,8 +215,10 @@ def load_events(
 
     # Typed ids of the kept rows, their stable sort order, and the duplicates among them (only rows
     # equal on all three sort keys can be duplicates, and the stable sort keeps them in input order).
-    user = _finish_ids(user.iloc[keep]).reset_index(drop=True)
-    item = _finish_ids(item.iloc[keep]).reset_index(drop=True)
+    if len(keep) < len(df):
+        user, item = user.iloc[keep], item.iloc[keep]
+    user = _finish_ids(user).reset_index(drop=True)
+    item = _finish_ids(item).reset_index(drop=True)
     ts = ts.to_numpy()[keep]
     order = _sort_order(user, ts, item)
     rows = keep[order]  # input row of each sorted one
@@ -348,8 +353,11 @@ def to_unix_seconds(values: pd.Series, unit: str = "s") -> pd.Series:
     if pd.api.types.is_bool_dtype(values):
         return pd.Series(np.nan, index=values.index)
     if pd.api.types.is_numeric_dtype(values):
-        out = values.astype("float64") * _UNIT_SECONDS[unit]
-        return out.where(np.isfinite(out))
+        out = values.astype("float64")
+        if _UNIT_SECONDS[unit] != 1.0:
+            out = out * _UNIT_SECONDS[unit]
+        finite = np.isfinite(out.to_numpy())
+        return out if finite.all() else out.where(finite)  # no second copy of a clean column
     # Text or mixed: numbers first, then datetime strings for whatever did not parse as a number.
     out = pd.to_numeric(values, errors="coerce").astype("float64") * _UNIT_SECONDS[unit]
     out = out.where(np.isfinite(out))
