@@ -21,6 +21,7 @@ from .errors import UserError
 @dataclass
 class TrainConfig:
     data: str = "synthetic"          # synthetic | ml-latest-small | amazon-beauty | otto-sample | diginetica-sample | <file.csv|.parquet>
+                                     # | <directory of .parquet parts> (DIR/events/part-*.parquet, DIR/items.parquet)
     split: str = "loo"               # loo (leave-one-out) | temporal
     temporal_cut: float = 0.9        # temporal split: quantile of timestamps where test starts
     min_events: int = 3              # users with fewer events train only (counted), never evaluated
