@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml sdk/pypr
 DEMO_DIR := artifacts/demo
 SERVE_DIR := artifacts/serve
 
-.PHONY: setup java test test-fast demo train-demo serve stop bench-quality bench-negatives bench-serve bench-sdk bench-ablation bench-reliability
+.PHONY: setup java test test-fast demo train-demo serve stop bench-quality bench-negatives bench-serve bench-sdk bench-ablation bench-reliability bench-scale
 
 setup: $(STAMP) java
 
@@ -66,3 +66,9 @@ bench-serve: setup
 
 bench-sdk: setup
 	$(PY) -m bench.sdk_overhead
+
+# Marketplace scale (issue 11): 2M items, 1M users, ~31M events through generate, load, one epoch,
+# evaluation, export and archive.sh -> bench/results/scale.json; the export stays in artifacts/scale/.
+# About an hour on 2 cores; run it alone. `python -m bench.scale --small` is the smoke size.
+bench-scale: setup
+	$(PY) -m bench.scale

@@ -29,7 +29,7 @@ from .events import DropReport, load_events, parquet_parts
 from .export import export_model
 from .negatives import CandidateSampler
 from .pretrained import load_item_vectors, svd_item_vectors
-from .report import plot_history
+from .report import PhaseClock, plot_history
 from .sequences import EventColumns, SequentialDataset, encode_cases
 from .split import Cases, Split, leave_one_out, temporal_split
 from .threads import resolve_threads
@@ -242,10 +242,12 @@ def init_distributed() -> None:
 def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     """Train, evaluate on the test cases next to popularity, export. Returns the summary."""
     t_start = time.perf_counter()
+    clock = PhaseClock()  # summary.json's phase_seconds
     init_distributed()
     torch.set_num_threads(resolve_threads(cfg.num_threads))  # never more than this process's share
     torch.manual_seed(cfg.seed)
     prep = prepare(cfg)  # data mistakes are found before anything is written
+    clock.lap("prepare")
     out = Path(out_dir)
     work = out / "train"
     work.mkdir(parents=True, exist_ok=True)
@@ -256,6 +258,7 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     valid_cases = prep.split.valid.subset(cfg.max_eval_users, cfg.seed)
     valid_inputs = encode_cases(model, prep.cols, valid_cases)
     valid_targets = torch.as_tensor(valid_cases.targets)
+    clock.lap("windows")
 
     def validate(m: SequenceModel) -> Dict[str, float]:
         with torch.no_grad():
@@ -266,22 +269,27 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     if not resume and checkpoint.exists() and _is_main():
         checkpoint.unlink()
     hist = fit(model, data, cfg, sampler, validate, checkpoint)
+    clock.lap("train")  # the epochs (train_seconds), validations and checkpoints
     if not _is_main():  # under torchrun, rank 0 alone evaluates and exports
         return {}
     test_cases, test_sample = sample_test_cases(prep.split.test, cfg)
     test = _evaluate(model, prep, test_cases, cfg, ci=True)
+    clock.lap("evaluate")
     early_stopped = None
     if cfg.refit_on_validation:
         early_stopped = {"test": test, "epochs": len(hist.epochs), "best_epoch": hist.best_epoch,
                          "history": hist.epochs}
         model, hist = _refit(cfg, prep, hist.best_epoch, work, resume)
+        clock.lap("refit")
         test = _evaluate(model, prep, test_cases, cfg, ci=True)
+        clock.lap("evaluate")
 
     cold_start = None
     if prep.cold_events is not None:
         from .coldstart import evaluate_cold_start
         cold_start = evaluate_cold_start(model, cfg.model, prep.index, prep.events, prep.cold_events,
                                          prep.items, prep.popularity, cfg.exclude_seen, cfg.seed)
+        clock.lap("cold_start")
     summary = {
         "data": {"name": cfg.data, "events": len(prep.events), "users": int(prep.events["user_id"].nunique()),
                  "items": len(prep.index), "training_windows": len(data), "training_events": data.num_events,
@@ -294,16 +302,20 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
         "sequences_per_s": hist.sequences_seen / max(hist.train_seconds, 1e-9),
         "events_per_s": hist.events_seen / max(hist.train_seconds, 1e-9),
         "history": hist.epochs,
+        "phase_seconds": clock.seconds,
+        "prepare_seconds": prep.seconds,  # prepare's own phases: load, index, split, columns
         "test": test,
         "early_stopped_before_refit": early_stopped,
         "cold_start": cold_start,
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
     }
-    (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     plot_history(hist.epochs, work / "training.png", title=f"seqrec on {cfg.data}")
     meta = {"model_config": cfg.model.to_dict(), "train_config": cfg.to_dict(),
             "data_summary": summary["data"], "metrics": test}
     if cfg.version:
         meta["model_version"] = cfg.version
     export_model(model, prep.index, prep.popularity[1:], out, items=prep.items, metadata=meta, index_spec=cfg.index)
+    clock.lap("export")
+    summary["wall_seconds"] = time.perf_counter() - t_start
+    (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -1,6 +1,8 @@
-"""Training curves as a PNG: loss and validation NDCG@10 per epoch."""
+"""A run's report: training curves as a PNG (loss and validation NDCG@10 per epoch), and the wall
+seconds of its phases."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -24,3 +26,17 @@ def plot_history(epochs: List[Dict[str, float]], path: Path, title: str = "") ->
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+class PhaseClock:
+    """Wall seconds per phase of a run, lap by lap (summary.json's phase_seconds)."""
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        """The time since the previous lap was `phase`'s (added to it when a phase recurs)."""
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
