@@ -51,7 +51,7 @@ def test_schema_lean_dtypes_and_order(market):
     per_user = events.groupby("user_id").size()
     assert per_user.index.tolist() == list(range(1, SIZE["n_users"] + 1)) and per_user.max() <= 60
     assert list(items.columns) == ["item_id", "category", "price", "listed_at", "sold_at", "available"]
-    assert [str(d) for d in items.dtypes] == ["int32", "category", "float64", "float64", "float64", "bool"]
+    assert [str(d) for d in items.dtypes] == ["int64", "category", "float64", "float64", "float64", "bool"]
     assert len(items) == SIZE["n_items"] and items["item_id"].is_unique
     assert items["item_id"].min() > SIZE["n_items"] and set(events["item_id"]) <= set(items["item_id"])
     assert items["category"].nunique() == 12 and items["available"].equals(items["sold_at"].isna())

@@ -12,7 +12,7 @@ stated tolerances. The same seed gives the same frames, but not generate_marketp
 draws come in another order, so the demo and the ablation keep the small generator.
 
 Schema as train.synthetic's, with lean dtypes: events user_id int32, item_id int32, timestamp
-float64, event_type and source categorical; items item_id int32, category categorical, price,
+float64, event_type and source categorical; items item_id int64, category categorical, price,
 listed_at, sold_at float64, available bool. With 5-100 events a user (log-uniform, mean ~31),
 1,000,000 users give ~31M events.
 
@@ -44,98 +44,13 @@ from .synthetic import (DAY, EVENT_P, EVENT_TYPES, FEED, HOUR_WEIGHTS, INTEREST,
                         MEAN_SESSION_EVENTS, P_CHAIN, P_DRIFT, P_STAY_FEED, P_STAY_INTEREST, P_STAY_REC,
                         P_STAY_SEARCH, PURCHASE, RECOMMENDATION, SESSION_GAP, SOURCE_P, SOURCES, T0,
                         _make_items, category_names, drop_after_sale)
+from .synthetic_draws import Chains, other_category, weighted_rows
 
 log = logging.getLogger(__name__)
 
 WINDOW = 3600.0  # items are picked one hour of the log at a time (see the module docstring)
 MAX_TASTES = 3
 MAX_REPAIRS = 12  # passes per window that re-pick events picked before an earlier purchase
-
-
-@dataclass(frozen=True)
-class _Chains:
-    """All categories' item chains laid end to end: category c owns positions start[c]:start[c+1]."""
-
-    item: np.ndarray      # chain position -> item number
-    position: np.ndarray  # item number -> chain position
-    start: np.ndarray     # (n_categories + 1,)
-    cum_key: np.ndarray   # chain position -> c + cumulative popularity share within c, in (c, c+1]
-
-    @classmethod
-    def build(cls, category: np.ndarray, popularity: np.ndarray, n_categories: int,
-              rng: np.random.Generator) -> "_Chains":
-        perm = rng.permutation(len(category))
-        item = perm[np.argsort(category[perm], kind="stable")]  # a random order within each category
-        cat = category[item]
-        start = np.searchsorted(cat, np.arange(n_categories + 1))
-        cum = np.cumsum(popularity[item])
-        base = np.concatenate([[0.0], cum])[start[:-1]]
-        share = (cum - base[cat]) / (cum[start[1:] - 1] - base)[cat]
-        position = np.empty(len(item), np.int64)
-        position[item] = np.arange(len(item))
-        return cls(item, position, start, cat + share)
-
-    def by_popularity(self, c: np.ndarray, u: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(self.cum_key, c + u.astype(np.float64))
-        return np.clip(pos, self.start[c], self.start[c + 1] - 1)
-
-    def after(self, item: np.ndarray) -> np.ndarray:
-        """The chain position after each item's, wrapping round its category."""
-        pos = self.position[item]
-        c = np.searchsorted(self.start, pos, side="right") - 1
-        return np.where(pos + 1 == self.start[c + 1], self.start[c], pos + 1)
-
-    def first_live(self, pos: np.ndarray, t: np.ndarray, listed: np.ndarray, sold: np.ndarray) -> np.ndarray:
-        """The item at the first chain position at or after pos (wrapping round the category) that is
-        live at t; -1 where the whole category has nothing live."""
-        out = np.full(len(pos), -1, np.int64)
-        todo = np.arange(len(pos))
-        c = np.searchsorted(self.start, pos, side="right") - 1
-        first, size = self.start[c], self.start[c + 1] - self.start[c]
-        left, ahead = size, pos - first  # offset of the next position to look at, from the category's first
-        width = 1
-        while len(todo):
-            # A block of positions per event at once: most walks end at once, a few run long.
-            off = np.arange(width)
-            item = self.item[first[:, None] + (ahead[:, None] + off) % size[:, None]]
-            tt = t[:, None]
-            live = (listed[item] <= tt) & (tt < sold[item]) & (off < left[:, None])
-            hit = live.any(axis=1)
-            rows = np.flatnonzero(hit)
-            out[todo[rows]] = item[rows, np.argmax(live[rows], axis=1)]
-            more = ~hit & (left > width)
-            todo, t, first, size = todo[more], t[more], first[more], size[more]
-            left, ahead = left[more] - width, ahead[more] + width
-            width *= 4
-        return out
-
-
-def _weighted_rows(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Per row, the column drawn from unnormalised weights (b, k) with the uniform u (b,): the first
-    column whose cumulative weight exceeds u * total, as train.synthetic._weighted."""
-    if not len(u):
-        return np.zeros(0, np.int64)
-    cum = np.cumsum(weights, axis=1)
-    idx = (cum <= (u * cum[:, -1])[:, None]).sum(axis=1)
-    last = weights.shape[1] - 1 - np.argmax(weights[:, ::-1] > 0, axis=1)  # rounding at u ~ 1
-    return np.minimum(idx, last)
-
-
-def _other_category(c: np.ndarray, taste: np.ndarray, w: np.ndarray, cat_p: np.ndarray,
-                    u: np.ndarray) -> np.ndarray:
-    """Another of the user's taste categories if there is one, else any other category."""
-    if not len(c):
-        return np.zeros(0, np.int64)
-    ww = np.where((taste != c[:, None]) & (taste >= 0), w, 0.0)
-    out = np.empty(len(c), np.int64)
-    has = ww.sum(axis=1) > 0
-    rows = np.flatnonzero(has)
-    out[rows] = taste[rows, _weighted_rows(ww[rows], u[rows])]
-    rows = np.flatnonzero(~has)
-    p = np.broadcast_to(cat_p, (len(rows), len(cat_p))).copy()
-    p[np.arange(len(rows)), c[rows]] = 0.0
-    out[rows] = _weighted_rows(p, u[rows])
-    return out
 
 
 def _tastes(n_users: int, cat_p: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
@@ -216,7 +131,7 @@ class _Picker:
     """Picks the item of every planned event, in time order one WINDOW at a time; `sold` (off-platform
     sale times) is lowered by the purchases. out[e] = item number, -1 where nothing is on sale."""
 
-    def __init__(self, ev: _Log, weights: np.ndarray, chains: _Chains, category: np.ndarray,
+    def __init__(self, ev: _Log, weights: np.ndarray, chains: Chains, category: np.ndarray,
                  listed: np.ndarray, sold: np.ndarray, cat_p: np.ndarray, rng: np.random.Generator):
         self.ev, self.weights, self.chains, self.category = ev, weights, chains, category
         self.listed, self.sold, self.sold_base, self.cat_p = listed, sold, sold.copy(), cat_p
@@ -264,10 +179,10 @@ class _Picker:
         taste, w, u_cat = ev.session_taste[ev.session[idx]], self.weights[u], self.u_cat[idx]
         c = pc.astype(np.int64)
         rows = np.flatnonzero(new)
-        c[rows] = taste[rows, _weighted_rows(w[rows], u_cat[rows])]
+        c[rows] = taste[rows, weighted_rows(w[rows], u_cat[rows])]
         switch = ~new & ((et == PURCHASE) | (self.u_stay[idx] >= p_stay))  # planted 3, 2
         rows = np.flatnonzero(switch)
-        c[rows] = _other_category(pc[rows], taste[rows], w[rows], self.cat_p, u_cat[rows])
+        c[rows] = other_category(pc[rows], taste[rows], w[rows], self.cat_p, u_cat[rows])
         follow = ~new & ~switch & (self.u_chain[idx] < P_CHAIN)  # planted 1
         pos = ch.by_popularity(c, self.u_item[idx])
         pos[follow] = ch.after(self.out[lk[follow]])
@@ -342,7 +257,7 @@ def generate_marketplace_scale(
         raise ValueError("ids must fit int32")
     rng = np.random.default_rng(seed)
     category, price, popularity, listed_at, sold_at, cat_p = _make_items(n_items, n_categories, rng)
-    chains = _Chains.build(category, popularity, n_categories, rng)
+    chains = Chains.build(category, popularity, n_categories, rng)
     taste, weights = _tastes(n_users, cat_p, rng)
     ev = _plan(n_users, events_per_user, taste, cat_p, rng)
     item = _Picker(ev, weights, chains, category, listed_at, sold_at, cat_p, rng).run()
@@ -358,7 +273,7 @@ def generate_marketplace_scale(
         "source": pd.Categorical.from_codes(ev.source[keep], categories=list(SOURCES)),
     })  # user-major with strictly increasing times per user: already sorted by (user, time, item)
     items = pd.DataFrame({
-        "item_id": np.arange(n_items, dtype=np.int32) + ITEM_ID_OFFSET + 1,
+        "item_id": np.arange(n_items, dtype=np.int64) + ITEM_ID_OFFSET + 1,  # small table: the export's dtype
         "category": pd.Categorical.from_codes(category, categories=category_names(n_categories)),
         "price": price,
         "listed_at": listed_at,
