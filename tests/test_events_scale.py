@@ -123,6 +123,6 @@ def test_cli_trains_on_a_directory_of_parts(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "train" / "summary.json").read_text())
     assert summary["data"]["events"] == len(events) and summary["data"]["dropped"]["total_dropped"] == 0
-    assert {"load", "index", "split", "columns", "windows"} <= set(summary["data"]["prepare_seconds"])
+    assert {"load", "index", "split", "columns", "windows"} <= set(summary["prepare_seconds"])
     exported = pd.read_parquet(tmp_path / "out" / "items.parquet")
     assert exported["category"].notna().all()  # the directory's item table reached the export

@@ -293,7 +293,6 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     summary = {
         "data": {"name": cfg.data, "events": len(prep.events), "users": int(prep.events["user_id"].nunique()),
                  "items": len(prep.index), "training_windows": len(data), "training_events": data.num_events,
-                 "prepare_seconds": prep.seconds,
                  "dropped": prep.drops.to_dict(), "split": prep.split.counts,
                  "valid_cases": len(valid_cases), "test_cases": len(prep.split.test), "test_sample": test_sample},
         "config": cfg.to_dict(),
@@ -303,6 +302,7 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
         "events_per_s": hist.events_seen / max(hist.train_seconds, 1e-9),
         "history": hist.epochs,
         "phase_seconds": clock.seconds,
+        "prepare_seconds": prep.seconds,  # prepare's own phases (load, index, split, columns) + windows
         "prepare_seconds": prep.seconds,  # prepare's own phases: load, index, split, columns
         "test": test,
         "early_stopped_before_refit": early_stopped,
