@@ -33,11 +33,12 @@ def tiny_export(out: Path, version: str = "1.0", users: int = 300, items: int = 
 
 
 @contextmanager
-def two_version_server(work: Path, model_yaml: str, users: int = 300,
-                       items: int = 200) -> Iterator[Tuple[LocalTorchServe, Path]]:
+def two_version_server(work: Path, model_yaml: str, users: int = 300, items: int = 200,
+                       overrides: Sequence[str] = ()) -> Iterator[Tuple[LocalTorchServe, Path]]:
     """(server, export): one tiny export archived as 1.0 (the default) and as 2.0 — same weights,
-    another version label, enough to tell arms apart — served side by side, ready on both."""
-    export = tiny_export(work / "export", "1.0", users, items)
+    another version label, enough to tell arms apart — served side by side, ready on both.
+    `overrides`: training --set values (e.g. index=hnsw)."""
+    export = tiny_export(work / "export", "1.0", users, items, overrides)
     (work / "model.yaml").write_text(model_yaml)
     store = work / "model_store"
     archive(export, store, work / "model.yaml", version="2.0")

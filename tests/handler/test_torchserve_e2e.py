@@ -3,8 +3,9 @@
     .venv/bin/python -m pytest -q tests/handler/test_torchserve_e2e.py
 
 One server for the module (devtools/local_server.py: free loopback ports, its own directory for
-key_file.json, logs/ and TMPDIR/TEMP), with two versions of a tiny trained model; the fixture
-stops exactly the server it started, even when a test fails.
+key_file.json, logs/ and TMPDIR/TEMP), with two versions of a tiny trained model that carries an
+HNSW candidate index (so the worker loads faiss and scores through the index, the exact scan
+being its fallback); the fixture stops exactly the server it started, even when a test fails.
 """
 import json
 import re
@@ -24,7 +25,8 @@ MODEL_YAML = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 50\nres
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with two_version_server(tmp_path_factory.mktemp("torchserve"), MODEL_YAML, users=500, items=400) as (srv, export):
+    with two_version_server(tmp_path_factory.mktemp("torchserve"), MODEL_YAML, users=500, items=400,
+                            overrides=["index=hnsw:M=8,ef_construction=40"]) as (srv, export):
         items = pd.read_parquet(export / "items.parquet")
         srv.available = items.loc[items["available"], "item_id"].tolist()
         yield srv
@@ -41,6 +43,16 @@ def test_valid_request(server):
     assert all(type(it["item_id"]) is int and isinstance(it["score"], float) for it in body["items"])
     assert not set(it["item_id"] for it in body["items"]) & set(hist)
     assert set(it["item_id"] for it in body["items"]) <= set(server.available)
+
+
+def test_scores_are_distinct_cosines_through_the_index(server):
+    """The score is the cosine (docs/http-api.md), not the seed's tanh that read 1.000 for all."""
+    r = server.post(body={"history": server.available[:4], "k": 20})
+    assert r.status_code == 200, r.text
+    scores = [it["score"] for it in r.json()["items"]]
+    assert len(scores) == 20 and len(set(scores)) == 20
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s < 0.9999 for s in scores)
+    assert "scoring hnsw" in server.logs(n=200_000)  # the worker scored through the index
 
 
 def test_two_versions_side_by_side(server):

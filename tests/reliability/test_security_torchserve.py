@@ -6,8 +6,8 @@
   (never a fallback); an expired key is refused the same way, and a Client reading key_file.json
   recovers, without being re-created, once the key is rotated (token_expiration_min=0.1 here);
 - the three ports listen on 127.0.0.1 only; the model API is off (register and unregister: 405);
-- a tampered archive (one byte of item_vectors.npy changed, so its sha256 no longer matches
-  metadata.json) never gets a worker and never answers (its requests wait in the queue until the
+- a tampered archive (one byte of item_vectors.npy, or of the candidate index candidates.faiss,
+  changed, so its sha256 no longer matches metadata.json) never gets a worker and never answers (its requests wait in the queue until the
   client gives up); an archive URL outside allowed_urls is not even registered.
 """
 import time
@@ -15,7 +15,10 @@ import zipfile
 
 import pytest
 import requests
-from devtools.local_server import LocalTorchServe, free_ports
+from devtools.local_server import LocalTorchServe, archive, free_ports
+from handler_fixtures import make_export
+
+from handler.seqrec_artifact import INDEX_FILE
 from seqrec_sdk import AuthError, Client
 from conftest import grpc_ports
 from devtools.ts_probes import listening_addresses
@@ -80,12 +83,13 @@ def test_model_registration_api_is_off(served):
 
 
 # ---- a second server: keys that expire after 6 s, a tampered archive, a remote URL
-def tamper(mar, out):
-    """A copy of the .mar with one byte of item_vectors.npy flipped (metadata.json unchanged)."""
+def tamper(mar, out, member: str = "item_vectors.npy"):
+    """A copy of the .mar with one byte of `member` flipped (metadata.json unchanged)."""
     with zipfile.ZipFile(mar) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        assert member in {i.filename for i in src.infolist()}
         for info in src.infolist():
             data = src.read(info)
-            if info.filename.endswith("item_vectors.npy"):
+            if info.filename.endswith(member):
                 data = data[:-1] + bytes([data[-1] ^ 0xFF])
             dst.writestr(info, data)
     return out
@@ -105,8 +109,11 @@ def short_keys(served, tmp_path_factory):
     store.mkdir()
     (store / "seqrec.mar").symlink_to(served.model_store / "seqrec.mar")
     tamper(served.model_store / "seqrec.mar", store / "tampered.mar")
+    indexed = make_export(work / "indexed", index_spec="hnsw:M=8,ef_construction=20")
+    tamper(archive(indexed, work / "indexed_store"), store / "tampered_index.mar", INDEX_FILE)
     closed = free_ports(1)[0]  # nothing listens there
-    models = ["seqrec=seqrec.mar", "tampered=tampered.mar", f"remote=http://127.0.0.1:{closed}/remote.mar"]
+    models = ["seqrec=seqrec.mar", "tampered=tampered.mar", "tampered_index=tampered_index.mar",
+              f"remote=http://127.0.0.1:{closed}/remote.mar"]
     with LocalTorchServe(store, models, workdir=work / "server", env={"SEQREC_THREADS": "1"},
                          settings={"token_expiration_min": "0.1", **grpc_ports()}) as ts:
         deadline = time.monotonic() + 180
@@ -138,19 +145,20 @@ def test_expired_key_is_refused_and_the_sdk_recovers_after_rotation(short_keys):
     client.close()
 
 
-def test_tampered_archive_never_loads(short_keys):
+@pytest.mark.parametrize("model, member", [("tampered", "item_vectors.npy"), ("tampered_index", INDEX_FILE)])
+def test_tampered_archive_never_loads(short_keys, model, member):
     ts = short_keys
     deadline = time.monotonic() + 120
-    while "sha256 mismatch for item_vectors.npy" not in ts.logs(n=200_000):
+    while f"sha256 mismatch for {member}" not in ts.logs(n=200_000):
         assert time.monotonic() < deadline, ts.logs()
         time.sleep(0.5)
-    [desc] = requests.get(f"{ts.management_url}/models/tampered", headers=auth(rotate(ts, "management")),
+    [desc] = requests.get(f"{ts.management_url}/models/{model}", headers=auth(rotate(ts, "management")),
                           timeout=30).json()
     assert not [w for w in desc["workers"] if w["status"] == "READY"], desc["workers"]
     # No worker ever loads it, so a request waits in its queue: no answer at all (a client's own
     # timeout, e.g. the SDK's 2 s read timeout, ends it), never a prediction.
     try:
-        r = ts.post("/predictions/tampered", body={"history": []}, token=rotate(ts, "inference"), timeout=5)
+        r = ts.post(f"/predictions/{model}", body={"history": []}, token=rotate(ts, "inference"), timeout=5)
         assert r.status_code != 200, r.text
     except requests.Timeout:
         pass
@@ -160,5 +168,5 @@ def test_archive_url_outside_allowed_urls_is_not_registered(short_keys):
     ts = short_keys
     models = requests.get(f"{ts.management_url}/models", headers=auth(rotate(ts, "management")),
                           timeout=30).json()["models"]
-    assert sorted(m["modelName"] for m in models) == ["seqrec", "tampered"]
+    assert sorted(m["modelName"] for m in models) == ["seqrec", "tampered", "tampered_index"]
     assert "does not match any allowed URL" in ts.logs(n=200_000)
