@@ -51,17 +51,17 @@ class IndexSpec:
         kind, _, rest = str(text).strip().partition(":")
         if kind in ("none", "auto"):
             if rest:
-                raise ValueError(f"index {kind!r} takes no knobs, got {rest!r}")
+                raise ValueError(f"{kind!r} takes no knobs, got {rest!r}")
             return cls(kind)
         if kind not in KNOBS:
-            raise ValueError(f"index kind must be one of hnsw, ivf, none, auto; got {kind!r}")
+            raise ValueError(f"kind must be one of hnsw, ivf, none, auto; got {kind!r}")
         knobs = dict(KNOBS[kind])
         for part in filter(None, rest.split(",")):
             key, eq, value = part.partition("=")
             if key not in knobs or not eq:
-                raise ValueError(f"index {kind}: unknown knob {part!r} (knobs: {', '.join(knobs)})")
+                raise ValueError(f"{kind}: unknown knob {part!r} (knobs: {', '.join(knobs)})")
             if not value.isdigit() or int(value) < 1:
-                raise ValueError(f"index {kind}: {key} must be a positive integer, got {value!r}")
+                raise ValueError(f"{kind}: {key} must be a positive integer, got {value!r}")
             knobs[key] = int(value)
         return cls(kind, knobs)
 

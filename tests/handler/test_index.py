@@ -121,3 +121,26 @@ def test_model_yaml_selects_scoring_and_refuses_typos(export_dir, hnsw_export):
             ScoringOptions.from_yaml({"seqrec": bad})
     with pytest.raises(RuntimeError, match="seqrec.scoring=index but this export has no index"):
         load_handler(export_dir, yaml_config={"seqrec": {"scoring": "index"}})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("hnsw:M=0", "index hnsw: M must be a positive integer, got '0'"),
+    ("flat", "index kind must be one of hnsw, ivf, none, auto; got 'flat'"),
+    ("ivf:nlist=8,M=3", "index ivf: unknown knob 'M=3' (knobs: nlist, nprobe)"),
+    ("none:M=1", "index 'none' takes no knobs, got 'M=1'"),
+])
+def test_a_bad_index_option_is_refused_naming_it(text, message):
+    from train.config import TrainConfig
+    from train.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        TrainConfig.from_dict({"index": text})
+    assert str(e.value) == message
+
+
+def test_index_spec_defaults_and_auto():
+    from handler.seqrec_index import AUTO_MIN_ITEMS, IndexSpec
+
+    assert IndexSpec.parse("hnsw:ef_search=32").knobs == {"M": 32, "ef_construction": 200, "ef_search": 32}
+    assert IndexSpec.parse("auto").resolved(AUTO_MIN_ITEMS - 1).kind == "none"
+    assert IndexSpec.parse("auto").resolved(AUTO_MIN_ITEMS).kind == "hnsw"
