@@ -85,9 +85,16 @@ def shortlist_topk(queries: Tensor, asks: List[Tuple[int, Tensor]], catalogue: "
                    index: "CandidateIndex") -> List[Optional[Tuple[Tensor, Tensor]]]:
     """The two stages; None for a request whose shortlist ran dry (the caller scans it exactly)."""
     scorable = len(catalogue.rows)
-    fetch = max(math.ceil((k + banned.numel()) / (1 - min(index.dead_share, 0.9))) + max(MARGIN, k)
-                for k, banned in asks)
-    ids = index.search(queries.float().cpu().numpy(), min(fetch, max(1, index.entries)))
+    # Each request searched with its own shortlist size: a deeper search finds other neighbours,
+    # so an answer must not depend on the batch it came in.
+    fetch = [min(math.ceil((k + banned.numel()) / (1 - min(index.dead_share, 0.9))) + max(MARGIN, k),
+                 max(1, index.entries)) for k, banned in asks]
+    q = queries.float().cpu().numpy()
+    ids: List[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(asks)
+    for f in set(fetch):
+        rows = [b for b, fb in enumerate(fetch) if fb == f]
+        for b, found in zip(rows, index.search(q[rows], f)):
+            ids[b] = found
     out: List[Optional[Tuple[Tensor, Tensor]]] = []
     for b, (k, banned) in enumerate(asks):
         cand = np.unique(ids[b][ids[b] > 0])  # re-added items appear twice

@@ -44,9 +44,12 @@ def fuzz(loaded, cat: Catalog, n: int, seed: int):
     return failures, kinds, statuses
 
 
-@pytest.mark.parametrize("id_type,n,seed", [("int", N_INT, 1), ("str", N_STR, 2)])
-def test_fuzz_in_process(tmp_path, id_type, n, seed):
-    export = make_export(tmp_path / "export", str_ids=id_type == "str")
+@pytest.mark.parametrize("id_type,n,seed,index", [("int", N_INT, 1, "none"), ("str", N_STR, 2, "none"),
+                                                ("int", N_STR, 3, "hnsw:M=8,ef_construction=20,ef_search=16")])
+def test_fuzz_in_process(tmp_path, id_type, n, seed, index):
+    """Also through the candidate index (a shallow one, so it misses items): the same contract,
+    and a request's answer never depends on the batch it came in."""
+    export = make_export(tmp_path / "export", str_ids=id_type == "str", index_spec=index)
     cat = Catalog.from_export(export)
     failures, kinds, statuses = fuzz(load_handler(export), cat, n, seed)
     assert not failures, f"{len(failures)} of {n} wrong; first ones:\n" + "\n".join(map(str, failures[:15]))
