@@ -151,3 +151,21 @@ def test_the_sampled_softmax_is_the_plain_formula(content):
     assert torch.allclose(a, b, atol=1e-5) and len(ga) == len(gb) > 3
     for x, y in zip(ga, gb):
         assert torch.allclose(x, y, atol=1e-5)
+
+
+@pytest.mark.training
+def test_step_cost_bench_runs_both_optimizers_at_two_sizes(tmp_path):
+    out = tmp_path / "step_cost.json"
+    cmd = [sys.executable, "-m", "bench.step_cost", "--items", "100", "300", "--steps", "2", "--warmup", "1",
+           "--batch", "4", "--sample", "16", "--dim", "8", "--hidden", "8", "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import json
+    result = json.loads(out.read_text())
+    rows = [(r["items"], r["item_optimizer"]) for r in result["results"]]
+    assert rows == [(100, "adam"), (100, "sparse_adam"), (300, "adam"), (300, "sparse_adam")]
+    assert all(r["events_per_s"] > 0 and set(r["ms_per_step_parts"]) == {"sample", "forward", "backward", "step"}
+               for r in result["results"])
+    assert result["omp_wait"] == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None}  # as python -m train
+    assert len(result["loadavg_before"]) == 3 and result["commit"]
