@@ -3,6 +3,8 @@ parts and CLI. On small data only (the 2M-item run is `make bench-scale`'s).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_synthetic_scale.py
 """
+import logging
+import re
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ import pytest
 from synthetic_rates import coherence_violations, planted_rates
 from train.events import load_events
 from train.synthetic import EVENT_TYPES, SOURCES, generate_marketplace
+from train import synthetic_scale
 from train.synthetic_scale import generate_marketplace_scale, main, write_parquet
 
 SIZE = dict(n_users=10_000, n_items=5_000)  # ~220k events, a few seconds
@@ -76,6 +79,34 @@ def test_users_touch_only_live_items_and_a_purchase_sells(market):
     bought = events.loc[events["event_type"] == "purchase", "item_id"].iloc[0]
     moved = items.assign(sold_at=items["sold_at"] - 60 * (items["item_id"] == bought))
     assert coherence_violations(events, moved)["sold_at_not_purchase"] == 1
+
+
+def _generate_and_count(caplog, **kwargs):
+    """(events, items, re-picked, dropped) from the generator's log line."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="train.synthetic_scale"):
+        events, items = generate_marketplace_scale(**kwargs)
+    line = caplog.records[-1].getMessage()
+    counts = re.search(r"(\d+) on items already sold dropped; (\d+) re-picked", line)
+    return events, items, int(counts.group(2)), int(counts.group(1))
+
+
+def test_events_picked_before_a_purchase_are_picked_again(caplog, monkeypatch):
+    """Inside a window an event may be picked before another user's earlier purchase of its item:
+    it is picked again, so nothing is dropped; without the repair passes such events are dropped
+    (the world stays coherent either way); shorter windows need fewer repairs."""
+    size = dict(n_users=2_000, n_items=1_500, seed=0)
+    events, _, repicked, dropped = _generate_and_count(caplog, **size)
+    assert repicked > 0 and dropped == 0
+    monkeypatch.setattr(synthetic_scale, "MAX_REPAIRS", 0)
+    unrepaired, items, none, dropped = _generate_and_count(caplog, **size)
+    assert none == 0 and dropped > 0 and len(unrepaired) == len(events) - dropped
+    assert set(coherence_violations(unrepaired, items).values()) == {0}
+    monkeypatch.setattr(synthetic_scale, "MAX_REPAIRS", 40)
+    monkeypatch.setattr(synthetic_scale, "WINDOW_EVENTS", 15)  # ~30-minute windows here
+    short, short_items, fewer, dropped = _generate_and_count(caplog, **size)
+    assert dropped == 0 and 0 <= fewer < repicked
+    assert set(coherence_violations(short, short_items).values()) == {0}
 
 
 def test_planted_rates_match_the_small_generator(market):

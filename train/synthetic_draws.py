@@ -2,7 +2,7 @@
 item, and weighted choices per row, each as train.synthetic's scalar version decides.
 
     chains = Chains.build(category, popularity, n_categories, rng)
-    item = chains.first_live(chains.by_popularity(c, u), t, listed_at, sold_at)
+    item = chains.first_live(chains.by_popularity(c, u), c, t, listed_at, sold_at)
 """
 from __future__ import annotations
 
@@ -44,17 +44,19 @@ class Chains:
         c = np.searchsorted(self.start, pos, side="right") - 1
         return np.where(pos + 1 == self.start[c + 1], self.start[c], pos + 1)
 
-    def first_live(self, pos: np.ndarray, t: np.ndarray, listed: np.ndarray, sold: np.ndarray) -> np.ndarray:
-        """The item at the first chain position at or after pos (wrapping round the category) that is
-        live at t; -1 where the whole category has nothing live."""
-        out = np.full(len(pos), -1, np.int64)
-        todo = np.arange(len(pos))
-        c = np.searchsorted(self.start, pos, side="right") - 1
+    def first_live(self, pos: np.ndarray, c: np.ndarray, t: np.ndarray, listed: np.ndarray,
+                   sold: np.ndarray) -> np.ndarray:
+        """The item at the first position at or after pos (wrapping round category c, which holds
+        pos) that is live at t; -1 where the whole category has nothing live."""
+        item = self.item[pos]
+        out = np.where((listed[item] <= t) & (t < sold[item]), item, -1)  # most walks end here
+        todo = np.flatnonzero(out < 0)
+        t, c = t[todo], c[todo]
         first, size = self.start[c], self.start[c + 1] - self.start[c]
-        left, ahead = size, pos - first  # offset of the next position to look at, from the category's first
-        width = 1
+        left, ahead = size - 1, pos[todo] + 1 - first  # positions not yet looked at; the next one
+        width = 4
         while len(todo):
-            # A block of positions per event at once: most walks end at once, a few run long.
+            # A block of positions per walk at once: the few long walks take a few rounds.
             off = np.arange(width)
             item = self.item[first[:, None] + (ahead[:, None] + off) % size[:, None]]
             tt = t[:, None]

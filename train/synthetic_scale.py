@@ -20,13 +20,15 @@ How it is vectorised:
 - Timestamps do not depend on which items are touched, so all of them come first: per-user session
   breaks (Geometric(1/6) lengths), planned starts sorted per user, then a loop over a user's k-th
   session pushing it 30 minutes past the previous one. Taste drift (5) is a loop over k as well.
-- Items are then picked in time order, one WINDOW (1 hour) at a time; inside a window, the k-th
+- Items are then picked in time order, one window at a time (an hour of the log, shorter when
+  there are more than WINDOW_EVENTS events an hour: see below); inside a window, the k-th
   event of every user in it at once (a few dozen numpy steps per window). Chain successors (1) and
   popularity draws are chain positions (the popularity draw a searchsorted over cumulative
   popularity within the category), walked forward to the first item live at the event's time.
 - A purchase sells its item at once, but an event of another user later in the same window may
-  have been picked before it: those few events are dropped afterwards, as train.synthetic drops
-  the ones its overlapping sessions make.
+  have been picked before it: such events, and their users' later events in the window, are picked
+  again knowing the purchase (up to MAX_REPAIRS passes a window); any still left are dropped, as
+  train.synthetic drops the events its overlapping sessions put on sold items.
 """
 from __future__ import annotations
 
@@ -48,9 +50,11 @@ from .synthetic_draws import Chains, other_category, weighted_rows
 
 log = logging.getLogger(__name__)
 
-WINDOW = 3600.0  # items are picked one hour of the log at a time (see the module docstring)
+# Items are picked an hour of the log at a time, or a time holding WINDOW_EVENTS events when that is
+# shorter: the events re-picked after a purchase grow with the events an item gets in a window.
+WINDOW, MIN_WINDOW, WINDOW_EVENTS = 3600.0, 60.0, 1_000
 MAX_TASTES = 3
-MAX_REPAIRS = 12  # passes per window that re-pick events picked before an earlier purchase
+MAX_REPAIRS = 40  # passes per window that re-pick events picked before an earlier purchase
 
 
 def _tastes(n_users: int, cat_p: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
@@ -128,7 +132,7 @@ def _plan(n_users: int, events_per_user: Tuple[int, int], taste: np.ndarray, cat
 
 
 class _Picker:
-    """Picks the item of every planned event, in time order one WINDOW at a time; `sold` (off-platform
+    """Picks the item of every planned event, in time order one window at a time; `sold` (off-platform
     sale times) is lowered by the purchases. out[e] = item number, -1 where nothing is on sale."""
 
     def __init__(self, ev: _Log, weights: np.ndarray, chains: Chains, category: np.ndarray,
@@ -138,13 +142,16 @@ class _Picker:
         n = len(ev.t)
         self.u_stay, self.u_item, self.u_chain, self.u_cat = (rng.random(n, dtype=np.float32) for _ in range(4))
         self.out = np.full(n, -1, np.int32)
+        self.repicked, self.most_passes = 0, 0  # for the log line
         self.last = np.full(len(weights), -1, np.int64)  # per user: its session's last picked event
         self.stay = np.array([P_STAY_SEARCH, P_STAY_FEED, P_STAY_REC], np.float32)
         assert SOURCES.index("search") == 0 and FEED == 1 and RECOMMENDATION == 2
 
     def run(self) -> np.ndarray:
         ev, n = self.ev, len(self.ev.t)
-        window = ((ev.t - ev.t.min()) // WINDOW).astype(np.int64)
+        span = max(float(ev.t.max() - ev.t.min()), 1.0)
+        self.window = float(np.clip(WINDOW_EVENTS / n * span, MIN_WINDOW, WINDOW))
+        window = ((ev.t - ev.t.min()) // self.window).astype(np.int64)
         run_start = np.flatnonzero(np.r_[True, (ev.user[1:] != ev.user[:-1]) | (window[1:] != window[:-1])])
         step = np.arange(n) - np.repeat(run_start, np.diff(np.r_[run_start, n]))  # k-th event of its run
         key = window * (int(step.max()) + 1) + step
@@ -154,9 +161,9 @@ class _Picker:
         del window
         n_windows, started = len(w_bounds) - 1, time.perf_counter()
         for w, (a, b) in enumerate(zip(w_bounds[:-1].tolist(), w_bounds[1:].tolist())):
-            if w and w % 240 == 0:  # every 10 days of the log: a long run shows it is moving
-                log.info("items picked for %d of %d hours of the log (%.0f s)", w, n_windows,
-                         time.perf_counter() - started)
+            if w and w % max(n_windows // 6, 1) == 0:  # a long run shows it is moving
+                log.info("items picked for %d of %d windows of %.0f s (%.0f s)", w, n_windows,
+                         self.window, time.perf_counter() - started)
             k = key[order[a:b]]
             bounds = np.r_[0, np.flatnonzero(np.diff(k)) + 1, b - a] + a
             for g0, g1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
@@ -186,13 +193,14 @@ class _Picker:
         follow = ~new & ~switch & (self.u_chain[idx] < P_CHAIN)  # planted 1
         pos = ch.by_popularity(c, self.u_item[idx])
         pos[follow] = ch.after(self.out[lk[follow]])
-        item = ch.first_live(pos, t, self.listed, self.sold)
+        item = ch.first_live(pos, c, t, self.listed, self.sold)
         for other in range(len(self.cat_p)):  # category c has nothing on sale (tiny catalogues only)
             rows = np.flatnonzero(item < 0)
             if not len(rows):
                 break
             oc = np.full(len(rows), other)
-            item[rows] = ch.first_live(ch.by_popularity(oc, self.u_item[idx[rows]]), t[rows], self.listed, self.sold)
+            item[rows] = ch.first_live(ch.by_popularity(oc, self.u_item[idx[rows]]), oc, t[rows],
+                                       self.listed, self.sold)
         ok = item >= 0
         idx, item = idx[ok], item[ok]
         self.out[idx] = item
@@ -205,11 +213,11 @@ class _Picker:
         of the same item: pick such events, and their users' later events of the window, again, now
         knowing that purchase. Whatever is left after MAX_REPAIRS passes is dropped at the end."""
         ev = self.ev
-        for _ in range(MAX_REPAIRS):
+        for passes in range(MAX_REPAIRS + 1):
             e = w_idx[self.out[w_idx] >= 0]
             late = drop_after_sale(self.out[e], ev.t[e], ev.etype[e] == PURCHASE, self.sold)
-            if not late.any():
-                return
+            if not late.any() or passes == MAX_REPAIRS:
+                break
             bad = e[late]
             dirty, first_bad = np.unique(ev.user[bad], return_index=True)
             from_e = bad[first_bad]  # user-major order: each dirty user's first late event
@@ -227,6 +235,8 @@ class _Picker:
             k = np.arange(len(redo)) - np.searchsorted(redo, from_e)[np.searchsorted(dirty, ev.user[redo])]
             for j in range(int(k.max()) + 1):
                 self.step(redo[k == j])
+            self.repicked += len(redo)
+        self.most_passes = max(self.most_passes, passes)
 
     def _picked_before(self, e: np.ndarray) -> np.ndarray:
         """The last picked event before each event e within its session, -1 if none."""
@@ -260,7 +270,10 @@ def generate_marketplace_scale(
     chains = Chains.build(category, popularity, n_categories, rng)
     taste, weights = _tastes(n_users, cat_p, rng)
     ev = _plan(n_users, events_per_user, taste, cat_p, rng)
-    item = _Picker(ev, weights, chains, category, listed_at, sold_at, cat_p, rng).run()
+    picker = _Picker(ev, weights, chains, category, listed_at, sold_at, cat_p, rng)
+    item = picker.run()
+    repicked, most_passes = picker.repicked, picker.most_passes
+    del picker  # its per-event uniforms, before the frames are built
 
     keep = item >= 0
     keep[keep] = ~drop_after_sale(item[keep], ev.t[keep], ev.etype[keep] == PURCHASE, sold_at)
@@ -281,8 +294,8 @@ def generate_marketplace_scale(
         "available": np.isinf(sold_at),
     })
     log.info("synthetic marketplace (scale): %d events, %d users, %d items (seed %d; %d events with "
-             "nothing on sale skipped, %d on items already sold dropped)",
-             len(events), n_users, n_items, seed, skipped, late)
+             "nothing on sale skipped, %d on items already sold dropped; %d re-picked, at most %d "
+             "passes in a window)", len(events), n_users, n_items, seed, skipped, late, repicked, most_passes)
     return events, items
 
 
