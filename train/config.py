@@ -40,7 +40,7 @@ class TrainConfig:
     max_eval_users: int = 0          # 0 = all validation users
     # More test users than this: a seeded random sample of them (bootstrap CIs over the sample;
     # summary.json's data.test_sample says how many of how many). 100k keeps every bundled dataset
-    # whole and costs ~4 min at 2M items on 2 cores; 0 = all.
+    # whole; at 2M items it costs ~15 min on 2 cores (model and popularity). 0 = all.
     max_test_users: int = 100_000
     max_train_seconds: float = 0.0   # 0 = no limit; otherwise stop after the epoch that passes it
     exclude_seen: bool = True        # remove history items from the ranking
