@@ -4,6 +4,8 @@
     events, items = generate_marketplace(n_users=2000, n_items=1500, seed=0)   # ~44k events, under a second
 
 No file to download: `make demo` and the fast tests use this. The same seed gives the same frames.
+At marketplace scale (millions of users and items, Parquet parts) the same world comes vectorised
+from train.synthetic_scale.
 
 events (canonical schema of train.events, sorted by user_id, timestamp, item_id; RangeIndex):
     user_id int64 (1..n_users) · item_id int64 · timestamp float64 (unix s, whole seconds, 60 days from

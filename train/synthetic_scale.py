@@ -69,7 +69,7 @@ def _tastes(n_users: int, cat_p: np.ndarray, rng: np.random.Generator) -> Tuple[
 
 
 @dataclass
-class _Log:
+class _Planned:
     """Every planned event in user-major time order, with what picking its item needs."""
 
     user: np.ndarray        # int32
@@ -82,7 +82,7 @@ class _Log:
 
 
 def _plan(n_users: int, events_per_user: Tuple[int, int], taste: np.ndarray, cat_p: np.ndarray,
-          rng: np.random.Generator) -> _Log:
+          rng: np.random.Generator) -> _Planned:
     lo, hi = events_per_user
     n_events = np.floor(np.exp(rng.uniform(np.log(lo), np.log(hi + 1), n_users))).astype(np.int64)
     user = np.repeat(np.arange(n_users, dtype=np.int32), n_events)
@@ -128,14 +128,14 @@ def _plan(n_users: int, events_per_user: Tuple[int, int], taste: np.ndarray, cat
         session_taste[s] = taste[users]
     cum_gap = np.cumsum(gap)
     t = start[session] + cum_gap - cum_gap[first][session]
-    return _Log(user, session, first, t, etype, source, session_taste)
+    return _Planned(user, session, first, t, etype, source, session_taste)
 
 
 class _Picker:
     """Picks the item of every planned event, in time order one window at a time; `sold` (off-platform
     sale times) is lowered by the purchases. out[e] = item number, -1 where nothing is on sale."""
 
-    def __init__(self, ev: _Log, weights: np.ndarray, chains: Chains, category: np.ndarray,
+    def __init__(self, ev: _Planned, weights: np.ndarray, chains: Chains, category: np.ndarray,
                  listed: np.ndarray, sold: np.ndarray, cat_p: np.ndarray, rng: np.random.Generator):
         self.ev, self.weights, self.chains, self.category = ev, weights, chains, category
         self.listed, self.sold, self.sold_base, self.cat_p = listed, sold, sold.copy(), cat_p
