@@ -97,7 +97,7 @@ def judge(r: Dict[str, Any]) -> Dict[str, bool]:
 def table(r: Dict[str, Any]) -> str:
     """The README's table: one row per run."""
     s, d, m, p = r["phase_seconds"], r["data"], r["test"]["model"], r["test"]["popularity"]
-    fmt = lambda x: "-" if x is None else f"{x:,.0f}"  # noqa: E731
+    fmt = lambda x: "-" if x is None else f"{x:,.0f}" if x >= 10 else f"{x:.1f}"  # noqa: E731
     head = ("| items | users | events | generate s | load s | split+windows s | epoch s | events/s | evaluate s "
             "(users) | export s | archive s | peak RSS GB | HR@10 model / pop. | NDCG@10 model / pop. |")
     row = (f"| {d['items']:,} | {d['users']:,} | {d['events']:,} | {fmt(s['generate'])} | {fmt(s['load'])} | "
@@ -142,7 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     r: Dict[str, Any] = {
         "commit": commit, "started_utc": started, "size": "small" if args.small else "full", "generator": size,
-        "generator_seed": args.seed, "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
+        "generator_seed": args.seed, "command": ["python -m bench.scale", *(argv if argv is not None else sys.argv[1:])],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": summary["machine"]["threads"]},
         "load_average": {"start": load_start, "end": load_average()},
         "data": {"items_generated": parquet_rows([data / "items.parquet"]),
