@@ -30,6 +30,12 @@ def test_torchrun_two_processes(tmp_path):
     assert p.returncode == 0, err[-3000:]
     summary = json.loads((tmp_path / "ddp" / "train" / "summary.json").read_text())
     assert summary["epochs"] == 2 and (tmp_path / "ddp" / "model.pt").exists()
+    assert summary["config"]["item_optimizer"] == "sparse_adam"  # the default: a sparse all-reduce
+    # Throughput counts both ranks' events: 2 epochs over all windows but the odd batch each epoch
+    # leaves over (a third of this tiny data set) is more than one epoch's events; rank 0's alone
+    # would be about half of that.
+    seen = summary["events_per_s"] * summary["train_seconds"]
+    assert summary["data"]["training_events"] < seen <= 2 * summary["data"]["training_events"] + 1
 
 
 def _rank(rank: int, world: int, init: str, out: str, item_optimizer: str) -> None:
