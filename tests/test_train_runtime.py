@@ -3,6 +3,7 @@ OpenMP wait policy of `python -m train`, and the progress line written when not 
 
     OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_train_runtime.py
 """
+import io
 import logging
 import os
 import subprocess
@@ -94,7 +95,8 @@ def test_progress_lines_off_a_terminal_say_step_rate_loss_and_eta(caplog):
 
 
 @pytest.mark.training
-def test_a_logged_training_run_reports_progress_inside_the_epoch(tmp_path, caplog):
+def test_a_logged_training_run_reports_progress_inside_the_epoch(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal, even under pytest -s
     cfg = TrainConfig.from_dict(dict(data="synthetic", synthetic_users=200, synthetic_items=100, epochs=1,
                                      batch_size=16, sample_size=64, progress_seconds=1e-6,
                                      model={"embedding_dim": 8, "hidden_dim": 8, "total_length": 10}))
