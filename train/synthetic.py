@@ -137,7 +137,8 @@ class _Catalogue:
         return item
 
 
-def _make_items(n_items: int, n_categories: int, rng: np.random.Generator):
+def _make_items(n_items: int, n_categories: int, rng: np.random.Generator,
+                popularity_exponent: float = POPULARITY_EXPONENT):
     """Vectorised: category, price, popularity, listed_at and off-platform sale time per item."""
     cat_weight = rng.dirichlet(np.full(n_categories, 2.0))
     # Every category gets at least one item, the rest follow the unequal category sizes.
@@ -146,7 +147,7 @@ def _make_items(n_items: int, n_categories: int, rng: np.random.Generator):
     category = rng.permutation(category)
     price_level = rng.uniform(np.log(50), np.log(5000), n_categories)
     price = np.round(np.exp(price_level[category] + 0.6 * rng.standard_normal(n_items)), 2)
-    popularity = rng.permutation(np.arange(1, n_items + 1, dtype=float) ** -POPULARITY_EXPONENT)
+    popularity = rng.permutation(np.arange(1, n_items + 1, dtype=float) ** -popularity_exponent)
     listed_at = np.round(T0 + rng.uniform(-30, LOG_DAYS - 5, n_items) * DAY)
     sold_at = np.round(listed_at + rng.exponential(MEAN_LISTING_DAYS * DAY, n_items))
     sold_at[sold_at > T0 + LOG_DAYS * DAY] = np.inf
