@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml sdk/pypr
 DEMO_DIR := artifacts/demo
 SERVE_DIR := artifacts/serve
 
-.PHONY: setup java test test-fast demo train-demo serve stop bench-quality bench-negatives bench-serve bench-sdk bench-ablation bench-reliability bench-scale
+.PHONY: setup java test test-fast demo train-demo serve stop bench-quality bench-negatives bench-serve bench-sdk bench-ablation bench-reliability bench-scale bench-optimizers
 
 setup: $(STAMP) java
 
@@ -51,6 +51,10 @@ stop:
 
 bench-quality: setup
 	$(PY) -m bench.quality
+
+# Sparse vs dense item-table optimizer on amazon-beauty and ml-latest-small (~20 min alone).
+bench-optimizers: setup
+	$(PY) -m bench.optimizers
 
 bench-negatives: setup
 	$(PY) -m bench.negatives
