@@ -27,7 +27,7 @@ test: setup
 # The inner loop: no TorchServe, no training (pytest.ini's markers; tests/lane_guard.py enforces
 # them), so no Java either.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not torchserve and not training" tests
+	$(PY) -m pytest -q -m "not torchserve and not training and not slow" tests
 
 # Train on the embedded synthetic marketplace, every seed stage on (train/configs/demo.json: the
 # ablation's synthetic settings), and export to $(DEMO_DIR).

@@ -19,6 +19,9 @@ from train.synthetic import EVENT_TYPES, SOURCES, generate_marketplace
 from train import synthetic_scale
 from train.synthetic_scale import generate_marketplace_scale, main, write_parquet
 
+# Seconds of numpy each (~30 s for the module): in `make test`, not in the fast lane.
+pytestmark = pytest.mark.slow
+
 SIZE = dict(n_users=10_000, n_items=5_000)  # ~220k events, a few seconds
 # Over seeds 0-2 of both generators at SIZE every rate stays within a spread of 0.015 (the widest:
 # session_first_in_first, over ~27k sessions); seed 0 of the two differs by at most 0.006.
