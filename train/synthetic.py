@@ -173,6 +173,15 @@ def _make_sessions(n_users: int, events_per_user: Tuple[int, int], rng: np.rando
     return users_a[order], start[order], np.array(lengths)[order]
 
 
+def check_sizes(n_users: int, n_items: int, n_categories: int, events_per_user: Tuple[int, int]) -> None:
+    """The arguments both generators share, checked once (ValueError naming the rule)."""
+    if n_items < n_categories or n_categories < 2 or n_users < 1:
+        raise ValueError("need n_users >= 1, n_categories >= 2 and n_items >= n_categories")
+    lo, hi = events_per_user
+    if not 1 <= lo <= hi:
+        raise ValueError(f"events_per_user must be (lo, hi) with 1 <= lo <= hi, got {events_per_user}")
+
+
 def generate_marketplace(
     n_users: int = 2000,
     n_items: int = 1500,
@@ -181,11 +190,7 @@ def generate_marketplace(
     seed: int = 0,
 ) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """(events, items) of a synthetic marketplace; see the module docstring for what is planted."""
-    if n_items < n_categories or n_categories < 2 or n_users < 1:
-        raise ValueError("need n_users >= 1, n_categories >= 2 and n_items >= n_categories")
-    lo, hi = events_per_user
-    if not 1 <= lo <= hi:
-        raise ValueError(f"events_per_user must be (lo, hi) with 1 <= lo <= hi, got {events_per_user}")
+    check_sizes(n_users, n_items, n_categories, events_per_user)
     rng = np.random.default_rng(seed)
     category, price, popularity, listed_at, sold_at, cat_weight = _make_items(n_items, n_categories, rng)
     cat = _Catalogue(category, popularity, listed_at, sold_at, n_categories, rng)

@@ -46,7 +46,7 @@ from .synthetic import (DAY, EVENT_P, EVENT_TYPES, FEED, HOUR_WEIGHTS, INTEREST,
                         MEAN_SESSION_EVENTS, P_CHAIN, P_DRIFT, P_STAY_FEED, P_STAY_INTEREST, P_STAY_REC,
                         P_STAY_SEARCH, POPULARITY_EXPONENT, PURCHASE, RECOMMENDATION, SESSION_GAP, SOURCE_P,
                         SOURCES, T0,
-                        _make_items, category_names, drop_after_sale)
+                        _make_items, category_names, check_sizes, drop_after_sale)
 from .synthetic_draws import Chains, other_category, weighted_rows
 
 log = logging.getLogger(__name__)
@@ -263,11 +263,7 @@ def generate_marketplace_scale(
     popularity_exponent: item weight ~ rank^-exponent. The default is the small generator's 1.1;
     a marketplace catalogue is flatter than that (at 1.1 and 31M events over 2M items only ~1.3M
     items get any event), so the scale benchmark uses 0.9."""
-    if n_items < n_categories or n_categories < 2 or n_users < 1:
-        raise ValueError("need n_users >= 1, n_categories >= 2 and n_items >= n_categories")
-    lo, hi = events_per_user
-    if not 1 <= lo <= hi:
-        raise ValueError(f"events_per_user must be (lo, hi) with 1 <= lo <= hi, got {events_per_user}")
+    check_sizes(n_users, n_items, n_categories, events_per_user)
     if n_items + ITEM_ID_OFFSET >= 2**31 or n_users >= 2**31:
         raise ValueError("ids must fit int32")
     rng = np.random.default_rng(seed)
