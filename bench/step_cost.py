@@ -1,5 +1,5 @@
 """Cost of one training step against the catalogue size: the same model and batches at 50k and 2M
-items, with the dense reference (item_optimizer=adam) and the sparse item table (sparse_adam).
+items, with the dense reference (item_optimizer=adam) and the sparse item table (sparse_adam: CatchUpAdam; lazy_adam: SparseAdam).
 
     .venv/bin/python -m bench.step_cost                      # -> bench/results/step_cost.json
     .venv/bin/python -m bench.step_cost --items 50000 200000 --steps 5
@@ -96,7 +96,7 @@ def _commit() -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, nargs="+", default=[50_000, 2_000_000])
-    ap.add_argument("--optimizers", nargs="+", default=["adam", "sparse_adam"])
+    ap.add_argument("--optimizers", nargs="+", default=["adam", "lazy_adam", "sparse_adam"])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch", type=int, default=128)

@@ -28,9 +28,10 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 128            # sequences per step
     lr: float = 1e-3
-    weight_decay: float = 0.0        # Adam's L2; only with item_optimizer=adam (SparseAdam has none)
-    item_optimizer: str = "sparse_adam"  # sparse_adam: sparse item-table gradient + SparseAdam (a step
-                                     # costs the same at any catalogue size) | adam: the dense reference
+    weight_decay: float = 0.0        # Adam's L2; only with item_optimizer=adam (the sparse ones have none)
+    item_optimizer: str = "sparse_adam"  # sparse_adam: sparse item-table gradient, Adam with dense Adam's
+                                     # moves caught up (a step costs the same at any catalogue size) |
+                                     # lazy_adam: torch SparseAdam | adam: the dense reference (train/optim.py)
     sample_size: int = 2048          # candidates per batch: every target of the batch + random items
     negatives: str = "uniform"       # uniform | popularity
     logq: bool = True                # with popularity negatives: subtract log q from logits
@@ -73,9 +74,9 @@ class TrainConfig:
             raise ConfigError("model", f"must be a ModelConfig, got {self.model!r}")
         if self.refit_on_validation and self.split != "loo":
             raise ConfigError("refit_on_validation", f"needs split='loo', got split={self.split!r}")
-        if self.weight_decay > 0 and self.item_optimizer == "sparse_adam":
-            raise ConfigError("weight_decay", f"needs item_optimizer='adam' (SparseAdam has no weight "
-                                              f"decay), got {self.weight_decay!r}")
+        if self.weight_decay > 0 and self.item_optimizer != "adam":
+            raise ConfigError("weight_decay", f"needs item_optimizer='adam' (the sparse item optimizers "
+                                              f"have no weight decay), got {self.weight_decay!r}")
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
@@ -165,7 +166,7 @@ TRAIN_RULES: Dict[str, Rule] = {
     "epochs": Rule(low=1), "batch_size": Rule(low=1), "lr": Rule(low=0.0, low_open=True),
     "weight_decay": Rule(low=0.0), "sample_size": Rule(low=1),
     "negatives": Rule(choices=("uniform", "popularity")),
-    "item_optimizer": Rule(choices=("sparse_adam", "adam")),
+    "item_optimizer": Rule(choices=("sparse_adam", "lazy_adam", "adam")),
     "progress_seconds": Rule(low=0.0, low_open=True),
     "patience": Rule(low=1), "eval_every": Rule(low=1), "max_eval_users": Rule(low=0),
     "max_test_users": Rule(low=0),

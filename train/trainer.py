@@ -94,6 +94,7 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
             loss.backward()
             opt.step()
             progress.update(len(b), int(lengths.sum()), float(loss.detach()))
+        opt.end_epoch()
         progress.close()
         seconds = time.perf_counter() - t0
         total, seqs, events = _all_ranks(progress.loss_sum, progress.sequences, progress.events, world)
