@@ -10,7 +10,8 @@ by the project's evaluator definition: rank among the available items, history r
 the index figures from the handler's own two-stage code (seqrec_twostage.shortlist_topk: the
 over-fetched shortlist re-ranked by exact cosine, the exact scan where it runs dry), top 10 only:
 a target outside the index's top 10 is a miss. recall@10 is the share of the exact top 10 the
-index path returns. Writes bench/results/index_quality.json with the commit and load average.
+index path returns. Writes the export's result (key --label) into bench/results/index_quality.json
+with the commit and load average.
 Indexes are built here from the export's vectors (an export need not carry one); at 2M items an
 HNSW build takes minutes (SCALE.md: 396 s at M=32 with 2 threads).
 """
@@ -29,7 +30,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from bench.quality import git_commit
+from bench.provenance import git_commit, load_average
 from handler.seqrec_artifact import verify_export
 from handler.seqrec_catalogue import Catalogue
 from handler.seqrec_index import KNOBS, CandidateIndex, IndexSpec, build
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nprobe", default="1,4,8,16,32,64")
     ap.add_argument("--max-users", type=int, default=0, help="0: every test user the export was evaluated on")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--label", help="the result's key in --out (default: the export's folder name)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "index_quality.json"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -117,7 +119,7 @@ def main(argv=None) -> int:
     export = Path(args.export)
     meta = verify_export(export)
     cat = Catalogue.load(export, meta, torch.device("cpu"))
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = load_average()
     tastes, histories, targets, exclude_seen = test_users(export, meta, args.max_users)
     scorable = torch.zeros(cat.num_items + 1, dtype=torch.bool)
     scorable[cat.rows] = True
@@ -145,12 +147,15 @@ def main(argv=None) -> int:
                        f"recall@{K}": recall, "ms_per_user": 1000 * secs / len(tastes), "build_s": build_s}
                 log.info("%s", row)
                 rows.append(row)
-    result = {"commit": git_commit(), "export": str(export), "model_version": meta.get("model_version"),
+    result = {"commit": git_commit(["handler", "train", "bench/index_quality.py"]), "export": str(export), "model_version": meta.get("model_version"),
               "items": cat.num_items, "available": len(cat.rows), "users": len(tastes), "threads": args.threads,
               "exact": exact, "grid": rows, "load_average_before": load_before,
-              "load_average_after": [round(x, 2) for x in os.getloadavg()]}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+              "load_average_after": load_average()}
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results[args.label or export.resolve().name] = result  # one file, a result per export
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -4,6 +4,7 @@ on synthetic catalogues of 50,000 and 2,000,000 items, histories of 50 items, k 
     python bench/serve_bench.py                     # CPU, writes bench/results/serve.json
     python bench/serve_bench.py --device cuda       # the same on a GPU (handler gets gpu_id 0)
     python bench/serve_bench.py --sizes 50000 --configs 1,16,5 2,16,5   # compare server configs
+    python bench/serve_bench.py --sizes 2000000 --scoring index --index hnsw:M=32,ef_search=64
 
 Per size it measures, in one run:
   scoring    chunked exact top-k (handler/seqrec_scoring.py) vs plain torch.topk(q @ E.T), ms per
@@ -14,6 +15,9 @@ Per size it measures, in one run:
              concurrency 1, 8, 32: p50/p95/p99 latency and requests/s (keep-alive http.client
              clients in threads, on the same cores as the server);
   ratio      best TorchServe requests/s / best in-process requests/s.
+Each of those (but scoring) for both scoring modes of the model YAML side by side: exact (the full
+scan) and index (the export's candidate index, --index, auto = HNSW from 100k available items,
+then exact re-ranking); `summary` has the shipped config's figures per size and mode.
 Exports and archives are cached under --work; the machine's load average is recorded because
 these 2 cores are shared.
 """
@@ -52,8 +56,9 @@ def percentiles(xs_ms):
 
 
 # ---- data
-def build_export(n: int, out: Path) -> Path:
-    """A scripted SequenceModel over n items (random unit vectors), 95% available."""
+def build_export(n: int, out: Path, index_spec: str = "auto") -> Path:
+    """A scripted SequenceModel over n items (random unit vectors), 95% available, with the
+    candidate index `index_spec` builds (auto: HNSW from 100k available items)."""
     from handler.seqrec_artifact import FORMAT_VERSION, ItemIndex
 
     meta = out / "metadata.json"
@@ -61,7 +66,8 @@ def build_export(n: int, out: Path) -> Path:
     # version does not load in this handler.
     code = subprocess.run(["git", "rev-parse", "HEAD:model"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     old = json.loads(meta.read_text()) if meta.exists() else {}
-    if (old.get("num_items"), old.get("model_code"), old.get("format_version")) == (n, code, FORMAT_VERSION):
+    key = (n, code, FORMAT_VERSION, index_spec)
+    if (old.get("num_items"), old.get("model_code"), old.get("format_version"), old.get("index_spec")) == key:
         return out
     from model import ModelConfig, SequenceModel
     from train.export import export_model
@@ -74,8 +80,14 @@ def build_export(n: int, out: Path) -> Path:
     items = pd.DataFrame({"item_id": index.ids.to_numpy(), "available": rng.random(n) < 0.95})
     popularity = rng.zipf(1.5, n).clip(max=10 ** 6)
     model = SequenceModel(ModelConfig(num_items=n, total_length=HISTORY))
-    export_model(model, index, popularity, out, items=items, metadata={"model_version": f"bench{n}", "model_code": code})
+    export_model(model, index, popularity, out, items=items, index_spec=index_spec,
+                 metadata={"model_version": f"bench{n}", "model_code": code, "index_spec": index_spec})
     return out
+
+
+def has_index(export: Path) -> bool:
+    info = json.loads((export / "metadata.json").read_text()).get("index") or {}
+    return info.get("kind", "none") != "none"
 
 
 def request_bodies(export: Path, count=256, seed=0):
@@ -115,13 +127,15 @@ def _sync(device):
 
 
 # ---- in process: the handler exactly as TorchServe calls it
-def bench_in_process(export: Path, bodies, device: str, batch_sizes, thread_counts, seconds: float):
+def bench_in_process(export: Path, bodies, device: str, batch_sizes, thread_counts, seconds: float,
+                     scoring: str = "auto"):
     from handler.seqrec_handler import SeqrecHandler
     from ts.context import Context, RequestProcessor
 
     gpu_id = (int(device.split(":")[1]) if ":" in device else 0) if device.startswith("cuda") else None
     # metrics=None: measure the handler, not its metric log lines
-    ctx = Context("seqrec", str(export), {"model": {"modelName": "seqrec"}}, max(batch_sizes), gpu_id, "0.12.0")
+    ctx = Context("seqrec", str(export), {"model": {"modelName": "seqrec"}}, max(batch_sizes), gpu_id, "0.12.0",
+                  model_yaml_config={"seqrec": {"scoring": scoring}})
 
     def run_batch(h, ctx, batch):
         ctx.request_processor = [RequestProcessor({}) for _ in batch]
@@ -196,12 +210,14 @@ def load_test(ts: LocalTorchServe, bodies, concurrency: int, total: int):
     return {**percentiles(lat), "rps": len(lat) / wall, "errors": len(errors)}
 
 
-def bench_http(export: Path, bodies, work: Path, cfg: dict, concurrencies, totals, gpu: bool):
+def bench_http(export: Path, bodies, work: Path, cfg: dict, concurrencies, totals, gpu: bool,
+               scoring: str = "auto"):
     store = work / "model_store"
     work.mkdir(parents=True, exist_ok=True)
-    yaml_path = work / f"model-w{cfg['workers']}-b{cfg['batchSize']}-d{cfg['maxBatchDelay']}.yaml"
+    yaml_path = work / f"model-w{cfg['workers']}-b{cfg['batchSize']}-d{cfg['maxBatchDelay']}-{scoring}.yaml"
     yaml_path.write_text(f"minWorkers: {cfg['workers']}\nmaxWorkers: {cfg['workers']}\nbatchSize: {cfg['batchSize']}\n"
-                         f"maxBatchDelay: {cfg['maxBatchDelay']}\nresponseTimeout: 120\n")
+                         f"maxBatchDelay: {cfg['maxBatchDelay']}\nresponseTimeout: 120\n"
+                         f"seqrec:\n  scoring: {scoring}\n")
     t0 = time.perf_counter()
     archive(export, store, yaml_path)
     archive_s = time.perf_counter() - t0
@@ -223,6 +239,44 @@ def bench_http(export: Path, bodies, work: Path, cfg: dict, concurrencies, total
         return out
 
 
+def serve_mode(export: Path, bodies, n: int, mode: str, configs, cores: int, args) -> dict:
+    """In-process and TorchServe figures for one scoring mode (model YAML seqrec.scoring)."""
+    batch_sizes = sorted({1, *[c["batchSize"] for c in configs]})
+    out = {"in_process": bench_in_process(export, bodies, args.device, batch_sizes, sorted({1, cores}),
+                                          args.seconds, mode)}
+    print(f"[{n} {mode}] in-process {json.dumps(out['in_process'])}", flush=True)
+    if args.skip_http:
+        return out
+    slow = n > 100_000 and mode == "exact"
+    totals = [max(c * (8 if slow else 24), 40) for c in args.concurrency]
+    out["torchserve"] = {}
+    for cfg in configs:
+        name = f"workers={cfg['workers']},batchSize={cfg['batchSize']},maxBatchDelay={cfg['maxBatchDelay']}"
+        r = bench_http(export, bodies, args.work / f"http_{n}_{mode}", cfg, args.concurrency, totals,
+                       args.device.startswith("cuda"), mode)
+        r["ratio_to_in_process"] = r["best_rps"] / out["in_process"]["best_rps"]
+        out["torchserve"][name] = r
+        print(f"[{n} {mode}] torchserve {name} {json.dumps(r)}", flush=True)
+    return out
+
+
+def summary(sizes: dict) -> dict:
+    """The shipped config's headline per size and mode, and each against the smallest catalogue's exact."""
+    rows = {}
+    for n, size in sizes.items():
+        for mode in ("exact", "index"):
+            ts = next(iter(size.get(mode, {}).get("torchserve", {}).values()), None)
+            if ts:
+                rows[f"{n} {mode}"] = {"rps_c32": ts["levels"].get("c=32", {}).get("rps"),
+                                       "p99_ms_c8": ts["levels"].get("c=8", {}).get("p99"),
+                                       "ratio_to_in_process": ts["ratio_to_in_process"],
+                                       "worker_rss_mb": ts["worker_rss_mb"]}
+    base = rows.get(f"{min(sizes, key=int)} exact", {}).get("rps_c32") if sizes else None
+    for row in rows.values():
+        row["rps_c32_vs_smallest_exact"] = row["rps_c32"] / base if base and row["rps_c32"] else None
+    return rows
+
+
 def shipped_config():
     y = {}
     for line in (ROOT / "handler" / "model-config.yaml").read_text().splitlines():
@@ -241,6 +295,9 @@ def main(argv=None):
                     help="TorchServe settings to measure (default: handler/model-config.yaml)")
     ap.add_argument("--seconds", type=float, default=3.0, help="per in-process measurement")
     ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument("--index", default="auto", help="the exports' candidate index (train.config index)")
+    ap.add_argument("--scoring", nargs="+", default=["exact", "index"], choices=["exact", "index"],
+                    help="scoring modes to measure side by side (index: where the export has one)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/seqrec_serve_bench"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = ap.parse_args(argv)
@@ -268,9 +325,10 @@ def main(argv=None):
     }
     for n in args.sizes:
         t0 = time.perf_counter()
-        export = build_export(n, args.work / f"export_{n}")
+        export = build_export(n, args.work / f"export_{n}", args.index)
         bodies = request_bodies(export)
-        size = {"export_build_s": time.perf_counter() - t0}
+        size = {"export_build_s": time.perf_counter() - t0,
+                "index": json.loads((export / "metadata.json").read_text()).get("index")}
         print(f"[{n}] export ready", flush=True)
         matrix = torch.from_numpy(np.load(export / "item_vectors.npy"))[1:].to(device)
         threads = max(1, cores // configs[0]["workers"])  # what one TorchServe worker gets
@@ -278,22 +336,11 @@ def main(argv=None):
         size["scoring"] = {"threads": threads, **bench_scoring(matrix, device, reps=5 if n > 100_000 else 20)}
         del matrix
         print(f"[{n}] scoring {json.dumps(size['scoring'])}", flush=True)
-        batch_sizes = sorted({1, *[c["batchSize"] for c in configs]})
-        size["in_process"] = bench_in_process(export, bodies, args.device, batch_sizes,
-                                              sorted({1, cores}), args.seconds)
-        print(f"[{n}] in-process {json.dumps(size['in_process'])}", flush=True)
-        if not args.skip_http:
-            totals = [c * (8 if n > 100_000 else 24) for c in args.concurrency]
-            totals = [max(t, 40) for t in totals]
-            size["torchserve"] = {}
-            for cfg in configs:
-                name = f"workers={cfg['workers']},batchSize={cfg['batchSize']},maxBatchDelay={cfg['maxBatchDelay']}"
-                r = bench_http(export, bodies, args.work / f"http_{n}", cfg, args.concurrency, totals,
-                               device.type == "cuda")
-                r["ratio_to_in_process"] = r["best_rps"] / size["in_process"]["best_rps"]
-                size["torchserve"][name] = r
-                print(f"[{n}] torchserve {name} {json.dumps(r)}", flush=True)
+        # Exact and index side by side on the same export (an export without an index: exact only).
+        for mode in [m for m in args.scoring if m == "exact" or has_index(export)]:
+            size[mode] = serve_mode(export, bodies, n, mode, configs, cores, args)
         result["sizes"][str(n)] = size
+    result["summary"] = summary(result["sizes"])
     result["machine"]["loadavg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
