@@ -1,0 +1,41 @@
+"""bench/index_quality.py on a tiny trained export: an index searched exhaustively matches the
+exact figures (ratio 1, recall 1), and each export keeps its own result in the output file.
+
+    .venv/bin/python -m pytest -q tests/test_index_quality.py
+"""
+import json
+
+import pytest
+
+from bench.index_quality import main as index_quality
+from train.config import TrainConfig
+from train.pipeline import run
+
+pytestmark = pytest.mark.training
+
+TINY = dict(data="synthetic", synthetic_users=300, synthetic_items=150, epochs=2, batch_size=64, sample_size=128,
+            index="none", model={"embedding_dim": 8, "hidden_dim": 16, "total_length": 10})
+
+
+def test_index_quality_matches_exact_when_the_search_is_exhaustive(tmp_path):
+    export = tmp_path / "tiny"
+    summary = run(TrainConfig.from_dict(TINY), export)
+    out = tmp_path / "index_quality.json"
+    args = ["--kinds", "hnsw,ivf", "--hnsw", "M=8,ef_construction=40", "--ef-search", "4,400",
+            "--ivf", "nlist=8", "--nprobe", "1,8", "--out", str(out)]
+    assert index_quality([str(export), *args]) == 0
+    assert index_quality([str(export), "--label", "again", *args]) == 0
+    results = json.loads(out.read_text())
+    assert set(results) == {"tiny", "again"}
+    r = results["tiny"]
+    assert r["commit"] and len(r["load_average_before"]) == 3
+    # The training run's test users; ranked among the available items (as served), so with sold
+    # items in the catalogue the exact figure is not the training summary's (which ranks all).
+    assert r["users"] == summary["test"]["model"]["users"]
+    assert r["available"] < r["items"] and 0 < r["exact"]["HR@10"] <= 1
+    rows = {(g["kind"], g.get("ef_search", g.get("nprobe"))): g for g in r["grid"]}
+    assert set(rows) == {("hnsw", 4), ("hnsw", 400), ("ivf", 1), ("ivf", 8)}
+    for full in (rows[("hnsw", 400)], rows[("ivf", 8)]):  # every list / the whole graph searched
+        assert full["recall@10"] == pytest.approx(1.0) and full["HR_ratio"] == pytest.approx(1.0)
+        assert full["NDCG_ratio"] == pytest.approx(1.0)
+    assert all(0 <= g["recall@10"] <= 1 and g["ms_per_user"] > 0 for g in r["grid"])
