@@ -1,7 +1,7 @@
 """seqrec_sdk: the Python client of the seqrec recommender (TorchServe), for marketplace backends.
 
     from seqrec_sdk import Client, Experiment, Variant
-    client = Client("http://127.0.0.1:8080", token_file="key_file.json")
+    client = Client("http://127.0.0.1:8080", token_file="key_file.json")   # or a list of hosts
     recs = client.recommend([12, 7, 3], k=10, user_id="u-42")
 
 Depends on ``requests`` only; never imports torch, numpy or pandas. See README.md.
@@ -9,6 +9,7 @@ Depends on ``requests`` only; never imports torch, numpy or pandas. See README.m
 
 import logging
 
+from ._hosts import Cooldown
 from .client import Client, ExposureCallback, Fallback
 from .errors import (
     AuthError,
@@ -27,6 +28,7 @@ from .models import (
     ClientStats,
     Event,
     Exposure,
+    HostStats,
     ModelVersion,
     Outcome,
     Recommendations,
@@ -41,6 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Client",
     "RetryPolicy",
+    "Cooldown",
     "Experiment",
     "Variant",
     "ExperimentSet",
@@ -56,6 +59,7 @@ __all__ = [
     "Outcome",
     "ModelVersion",
     "ClientStats",
+    "HostStats",
     "Fallback",
     "ExposureCallback",
     "SeqrecError",

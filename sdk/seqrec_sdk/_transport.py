@@ -1,4 +1,4 @@
-"""HTTP plumbing: one session, one retry loop, tokens. Private: use :class:`seqrec_sdk.Client`.
+"""HTTP plumbing: one session, one retry loop over the hosts. Private: use :class:`seqrec_sdk.Client`.
 
 Retries happen here and nowhere else (urllib3's own retries are off), only where a repeat is
 safe and useful: connection errors (refused, reset, connect timeout), 503/504, and TorchServe's
@@ -7,24 +7,26 @@ which another or the restarted worker answers. Never on 400, never on another 50
 own per-request error is deterministic: a repeat would only triple its latency), never on a read
 timeout (the server may still be working on it; retrying would double the load exactly when it is
 slow). Predictions are read-only, so a repeat is always safe; these rules only decide where it helps.
+
+With several hosts (_hosts.py) the same rules decide failover: a retry goes to a host this call
+has not tried yet, at once (the backoff is for giving the *same* server time), and only comes
+back to a tried one, after the backoff, when none is left. Failovers spend the same retry budget.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
-import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Set, Tuple, Union
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 
+from ._hosts import Attempt, Host, HostPool
 from .errors import (
     AuthError,
     ConnectionFailed,
@@ -47,9 +49,6 @@ RETRY_STATUSES = frozenset({503, 504})
 WORKER_DIED_STATUSES = frozenset({500, 507})
 WORKER_DIED_TYPE = "internalserverexception"
 WORKER_DIED_MESSAGE = "worker died"
-TOKEN_ENV = "SEQREC_TOKEN"
-TOKEN_FILE_ENV = "SEQREC_TOKEN_FILE"
-MANAGEMENT_TOKEN_ENV = "SEQREC_MANAGEMENT_TOKEN"
 
 TimeoutArg = Union[float, Tuple[float, float]]
 
@@ -76,20 +75,6 @@ class RetryPolicy:
         return d / 2 + rng() * d / 2
 
 
-def read_key_file(path: str, kind: str) -> str:
-    """The ``kind`` ("inference" or "management") key from TorchServe's key_file.json:
-    {"management": {"key", "expiration time"}, "inference": {...}, "API": {"key"}}."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        key = data[kind]["key"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise AuthError(f"cannot read the {kind} key from {path}: {e}") from e
-    if not isinstance(key, str) or not key:
-        raise AuthError(f"empty {kind} key in {path}")
-    return key
-
-
 def worker_died(err: SeqrecError) -> bool:
     """True for TorchServe's "Worker died." answer: status 500 or 507, JSON type
     InternalServerException and message "Worker died." (case, spaces and the final dot aside)."""
@@ -105,55 +90,21 @@ def retryable(err: SeqrecError) -> bool:
     return err.status in RETRY_STATUSES or worker_died(err)
 
 
-class TokenSource:
-    """Where the keys come from: an explicit token, else ``token_file`` (TorchServe's
-    key_file.json), else $SEQREC_TOKEN, else $SEQREC_TOKEN_FILE; none at all means the server
-    runs without token authorization. Only a file can be re-read after a refusal."""
+@dataclass(frozen=True)
+class _Sent:
+    """One attempt: the 2xx response, or the error to raise ``from`` its cause and whether a
+    repeat may help; what it says about the host; the key it was sent with."""
 
-    def __init__(
-        self,
-        token: Optional[str] = None,
-        token_file: Optional[str] = None,
-        management_token: Optional[str] = None,
-    ) -> None:
-        if token is not None and token_file is not None:
-            raise ValueError("give token or token_file, not both")
-        if token is None and token_file is None:
-            token = os.environ.get(TOKEN_ENV) or None
-            if token is None:
-                token_file = os.environ.get(TOKEN_FILE_ENV) or None
-        self.token_file = os.fspath(token_file) if token_file is not None else None
-        self._lock = threading.Lock()
-        self._keys: Dict[str, Optional[str]] = {"inference": token, "management": None}
-        self._explicit_management = management_token or os.environ.get(MANAGEMENT_TOKEN_ENV)
-        self._keys["management"] = self._explicit_management
-        if self.token_file is not None:  # fail at construction on a wrong path, not per request
-            self._keys["inference"] = read_key_file(self.token_file, "inference")
-
-    def get(self, kind: str) -> Optional[str]:
-        if kind == "management" and self._keys["management"] is None and self.token_file:
-            with self._lock:
-                if self._keys["management"] is None:
-                    self._keys["management"] = read_key_file(self.token_file, "management")
-        return self._keys[kind]
-
-    def reload(self, kind: str, refused: Optional[str]) -> bool:
-        """After the server refused ``refused``: True when a different key is now available
-        (re-read from the file, or already re-read by another thread)."""
-        if self.token_file is None or (kind == "management" and self._explicit_management):
-            return False
-        with self._lock:
-            if self._keys[kind] != refused:
-                return True
-            fresh = read_key_file(self.token_file, kind)
-            if fresh == refused:
-                return False
-            self._keys[kind] = fresh
-            return True
+    attempt: Attempt
+    token: Optional[str]
+    response: Optional[requests.Response] = None
+    error: Optional[SeqrecError] = None
+    cause: Optional[BaseException] = None
+    retry: bool = False
 
 
 class Transport:
-    """Sends one logical request, with the retry loop and the token re-read."""
+    """Sends one logical request: the retry loop, failover between hosts, the token re-read."""
 
     def __init__(
         self,
@@ -162,23 +113,21 @@ class Transport:
         pool_size: int,
         timeout: TimeoutArg,
         policy: RetryPolicy,
-        tokens: TokenSource,
-        on_retry: Callable[[], None],
-        on_token_reload: Callable[[], None],
+        count: Callable[[str], None],
+        hosts: int = 1,
     ) -> None:
         self.owns_session = session is None
         if session is None:
             session = requests.Session()
-            # max_retries=0: this class is the only retry loop
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+            # max_retries=0: this class is the only retry loop; a connection pool per host
+            adapter = HTTPAdapter(pool_connections=max(4, hosts + 1), pool_maxsize=pool_size,
+                                  max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
         self.session = session
         self.timeout = timeout
         self.policy = policy
-        self.tokens = tokens
-        self._on_retry = on_retry
-        self._on_token_reload = on_token_reload
+        self._count = count  # "retries", "failovers", "token_reloads"
 
     def close(self) -> None:
         if self.owns_session:
@@ -187,67 +136,110 @@ class Transport:
     def request(
         self,
         method: str,
-        url: str,
+        pool: HostPool,
+        path: str,
         *,
         json_body: Any = None,
         token_kind: str = "inference",
         retries: Optional[int] = None,
-    ) -> requests.Response:
-        """The 2xx response, or raise the matching :class:`SeqrecError` (``from`` the cause)."""
+        host: Optional[Host] = None,
+    ) -> Tuple[requests.Response, Host]:
+        """The 2xx response and the host that gave it, or raise the matching
+        :class:`SeqrecError` (``from`` the cause). ``host`` pins every attempt to that host."""
         max_retries = self.policy.retries if retries is None else retries
         request_id = uuid.uuid4().hex
         attempt = 0
-        reloaded = False
+        tried: Set[Host] = set()
+        reloaded: Set[Host] = set()
+        target = host or pool.pick()
         while True:
-            token = self.tokens.get(token_kind)
-            headers = {"X-Request-ID": request_id}
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
             try:
-                resp = self.session.request(
-                    method, url, json=json_body, headers=headers, timeout=self.timeout
-                )
-                resp.raise_for_status()
-                return resp
-            except requests.HTTPError as e:
-                rid = resp.headers.get("x-request-id") or request_id
-                err = error_for_status(resp.status_code, resp.text, url=url, request_id=rid)
-                if isinstance(err, AuthError) and not reloaded:
-                    reloaded = True
-                    try:
-                        fresh = self.tokens.reload(token_kind, token)
-                    except AuthError as read_error:
-                        log.warning("seqrec: key refused and %s", read_error)
-                        raise err from e
-                    if fresh:
-                        self._on_token_reload()
-                        log.info("seqrec: key refused by %s, retrying with the re-read key", url)
-                        continue
-                if not retryable(err) or attempt >= max_retries:
-                    raise err from e
-                cause: Exception = err
-            except requests.ConnectTimeout as e:  # before ConnectionError: it is both
-                if attempt >= max_retries:
-                    raise Timeout(f"connect timeout: {e}", url=url, request_id=request_id) from e
-                cause = e
-            except requests.ReadTimeout as e:
-                raise Timeout(f"no answer within {self.timeout}s", url=url,
-                              request_id=request_id) from e
-            except requests.exceptions.SSLError as e:  # configuration, not a blip
-                raise ConnectionFailed(f"TLS error: {e}", url=url, request_id=request_id) from e
-            except requests.ConnectionError as e:
-                if any(isinstance(a, ReadTimeoutError) for a in e.args):  # timed out mid-body
-                    raise Timeout(f"no answer within {self.timeout}s", url=url,
-                                  request_id=request_id) from e
-                if attempt >= max_retries:
-                    raise ConnectionFailed(f"cannot reach the server: {e}", url=url,
-                                           request_id=request_id) from e
-                cause = e
-            except requests.RequestException as e:
-                raise SeqrecError(f"request failed: {e}", url=url, request_id=request_id) from e
-            delay = self.policy.delay(attempt)
-            log.debug("seqrec: attempt %d to %s failed (%s), retrying in %.3fs",
-                      attempt + 1, url, type(cause).__name__, delay)
-            self._on_retry()
-            _sleep(delay)
+                sent = self._send(method, target, path, json_body, token_kind, request_id)
+            except BaseException:  # not the host's doing (e.g. an unreadable key file)
+                pool.release(target)
+                raise
+            change = pool.report(target, sent.attempt)
+            if change == "down":
+                log.warning("seqrec: %s out of rotation for now: %s", target.url, sent.error)
+            elif change == "up":
+                log.info("seqrec: %s answers again, back in rotation", target.url)
+            if sent.response is not None:
+                return sent.response, target
+            err = sent.error
+            assert err is not None
+            if isinstance(err, AuthError) and target not in reloaded:
+                reloaded.add(target)
+                if self._reload(target, token_kind, sent.token):
+                    continue  # the same host, with the re-read key; no retry spent
+            if not sent.retry or attempt >= max_retries:
+                raise err from sent.cause
+            tried.add(target)
+            target = host or pool.pick(avoid=tried)
+            self._count("retries")
+            if target in tried:  # no fresh host left: give a tried one time to recover
+                delay = self.policy.delay(attempt)
+                log.debug("seqrec: attempt %d failed (%s), retrying %s in %.3fs",
+                          attempt + 1, type(sent.cause).__name__, target.url, delay)
+                _sleep(delay)
+            else:
+                self._count("failovers")
+                log.debug("seqrec: attempt %d failed (%s), failing over to %s",
+                          attempt + 1, type(sent.cause).__name__, target.url)
             attempt += 1
+
+    def _reload(self, host: Host, kind: str, refused: Optional[str]) -> bool:
+        """After ``host`` refused the key: True when a different one is now available."""
+        try:
+            fresh = host.tokens.reload(kind, refused)
+        except AuthError as read_error:
+            log.warning("seqrec: key refused and %s", read_error)
+            return False
+        if fresh:
+            self._count("token_reloads")
+            log.info("seqrec: key refused by %s, retrying with the re-read key", host.url)
+        return fresh
+
+    def _send(self, method: str, host: Host, path: str, json_body: Any, token_kind: str,
+              request_id: str) -> _Sent:
+        """One HTTP attempt, classified; raises only for what is no server's doing."""
+        url = host.url + path
+        token = host.tokens.get(token_kind)
+        headers = {"X-Request-ID": request_id}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        no_answer = f"no answer within {self.timeout}s"
+        try:
+            resp = self.session.request(
+                method, url, json=json_body, headers=headers, timeout=self.timeout
+            )
+            resp.raise_for_status()
+            return _Sent(Attempt.OK, token, response=resp)
+        except requests.HTTPError as e:
+            rid = resp.headers.get("x-request-id") or request_id
+            err = error_for_status(resp.status_code, resp.text, url=url, request_id=rid)
+            if retryable(err):
+                return _Sent(Attempt.DOWN, token, error=err, cause=e, retry=True)
+            seen = Attempt.ERROR if resp.status_code >= 500 else Attempt.REJECTED
+            return _Sent(seen, token, error=err, cause=e)
+        except requests.ConnectTimeout as e:  # before ConnectionError: it is both
+            err = Timeout(f"connect timeout: {e}", url=url, request_id=request_id)
+            return _Sent(Attempt.DOWN, token, error=err, cause=e, retry=True)
+        except requests.ReadTimeout as e:
+            return _Sent(Attempt.NO_ANSWER, token, cause=e,
+                         error=Timeout(no_answer, url=url, request_id=request_id))
+        except requests.exceptions.SSLError as e:  # configuration, not a blip
+            return _Sent(Attempt.NO_ANSWER, token, cause=e,
+                         error=ConnectionFailed(f"TLS error: {e}", url=url, request_id=request_id))
+        except requests.ConnectionError as e:
+            if any(isinstance(a, ReadTimeoutError) for a in e.args):  # timed out mid-body
+                return _Sent(Attempt.NO_ANSWER, token, cause=e,
+                             error=Timeout(no_answer, url=url, request_id=request_id))
+            err = ConnectionFailed(f"cannot reach the server: {e}", url=url, request_id=request_id)
+            return _Sent(Attempt.DOWN, token, error=err, cause=e, retry=True)
+        except requests.exceptions.ChunkedEncodingError as e:  # the server went away mid-answer
+            err = ConnectionFailed(f"connection lost mid-answer: {e}", url=url,
+                                   request_id=request_id)
+            return _Sent(Attempt.DOWN, token, error=err, cause=e, retry=True)
+        except requests.RequestException as e:
+            return _Sent(Attempt.NO_ANSWER, token, cause=e,
+                         error=SeqrecError(f"request failed: {e}", url=url, request_id=request_id))

@@ -5,7 +5,9 @@
         recs = client.recommend([101, 205, 317], k=10, user_id="u-42")
         print(recs.item_ids, recs.model_version, recs.recommendation_id)
 
-One client per process, shared by all threads: it holds one connection pool.
+One client per process, shared by all threads: it holds one connection pool. Several serving
+hosts: ``Client(["http://10.0.0.1:8080", "http://10.0.0.2:8080"], ...)`` spreads the calls over
+them and fails over between them (see _hosts.py).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from urllib.parse import quote
 
 import requests
 
-from ._transport import RetryPolicy, TimeoutArg, TokenSource, Transport
+from ._hosts import Cooldown, Host, HostPool, PerHost, endpoints, token_sources
+from ._transport import RetryPolicy, TimeoutArg, Transport
 from .errors import (
     ConnectionFailed,
     Overloaded,
@@ -83,14 +86,21 @@ class Client:
     """Client of the seqrec HTTP contract (``POST /predictions/<model>[/<version>]``).
 
     Args:
-        base_url: TorchServe's inference address, e.g. ``http://127.0.0.1:8080``.
+        base_url: TorchServe's inference address, e.g. ``http://127.0.0.1:8080``, or a sequence
+            of them (several serving hosts, same models): calls go round-robin over the healthy
+            ones; a host failing with a connection error, 503/504 or "Worker died." is left out
+            for ``cooldown`` and the call moves to another host within its ``retries``.
         model: the registered model name.
         token / token_file: the inference key, or TorchServe's ``key_file.json`` (re-read once
             when the server refuses the key, e.g. after rotation). Neither: $SEQREC_TOKEN, then
-            $SEQREC_TOKEN_FILE, else no Authorization header.
+            $SEQREC_TOKEN_FILE, else no Authorization header. With several hosts, one value for
+            all, or a mapping base URL -> value (each TorchServe writes its own key file).
         timeout: seconds, or (connect, read); applies to every call.
         retries: extra attempts on connection errors, 503/504 and TorchServe's "Worker died."
-            (500/507: the batch of a killed worker), or a :class:`RetryPolicy`.
+            (500/507: the batch of a killed worker), or a :class:`RetryPolicy`; an attempt that
+            moves to another host is one of them.
+        cooldown: seconds a failing host stays out of the rotation, doubling up to 30 s while
+            its probes fail, or a :class:`Cooldown` (base, max).
         session: a ``requests.Session`` to use (the caller keeps ownership: not closed here).
         pool_size: connections kept to the server; also recommend_many's default threads.
         experiments: :class:`Experiment` s, or a source that refreshes them (e.g.
@@ -105,18 +115,20 @@ class Client:
             503 or other 5xx after the retries.
         management_url / management_token: TorchServe's management address (port 8081 by
             default) and key, needed by :meth:`versions` only; the key defaults to the
-            "management" entry of ``token_file``, then $SEQREC_MANAGEMENT_TOKEN.
+            "management" entry of ``token_file`` (the first host's, with one file per host),
+            then $SEQREC_MANAGEMENT_TOKEN.
     """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: Union[str, Sequence[str]],
         model: str = "seqrec",
         *,
-        token: Optional[str] = None,
-        token_file: Optional[str] = None,
+        token: PerHost = None,
+        token_file: PerHost = None,
         timeout: TimeoutArg = (1.0, 2.0),
         retries: Union[int, RetryPolicy] = 2,
+        cooldown: Union[float, Cooldown] = Cooldown(),
         session: Optional[requests.Session] = None,
         pool_size: int = 16,
         experiments: Union[Iterable[Experiment], ExperimentSource] = (),
@@ -125,11 +137,11 @@ class Client:
         management_url: Optional[str] = None,
         management_token: Optional[str] = None,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        urls = endpoints(base_url)
         if pool_size < 1:
             raise ValueError("pool_size must be >= 1")
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = urls
+        self.base_url = urls[0]  # the one-host form's attribute: the first host
         self.model = model
         self.management_url = management_url.rstrip("/") if management_url else None
         self._experiments = as_source(experiments)  # a fixed list is checked for unique keys
@@ -142,14 +154,20 @@ class Client:
         self._counts: Counter = Counter()
         self._fallback_reasons: Counter = Counter()
         policy = retries if isinstance(retries, RetryPolicy) else RetryPolicy(retries=retries)
+        if not isinstance(cooldown, Cooldown):
+            cooldown = Cooldown(base=cooldown, max=max(cooldown, Cooldown.max))
+        tokens = token_sources(urls, token, token_file, management_token)
+        self._hosts = HostPool([Host(u, t) for u, t in zip(urls, tokens)], cooldown)
+        # versions() asks one management address, with the first host's keys
+        self._management = (HostPool([Host(self.management_url, tokens[0])], cooldown)
+                            if self.management_url else None)
         self._transport = Transport(
             session=session,
             pool_size=pool_size,
             timeout=timeout,
             policy=policy,
-            tokens=TokenSource(token, token_file, management_token),
-            on_retry=lambda: self._count("retries"),
-            on_token_reload=lambda: self._count("token_reloads"),
+            count=self._count,
+            hosts=len(urls),
         )
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -164,7 +182,8 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Client({self.base_url!r}, model={self.model!r}, experiments={len(self.experiments)})"
+        where = self.base_url if len(self.base_urls) == 1 else list(self.base_urls)
+        return f"Client({where!r}, model={self.model!r}, experiments={len(self.experiments)})"
 
     # -- calls ---------------------------------------------------------------------------------
     def recommend(
@@ -217,24 +236,31 @@ class Client:
     def ready(self) -> bool:
         """True when the model answers a real prediction (``{"history": [], "k": 1}``) with 200,
         on the default version and on every version an experiment sends traffic to. Unlike
-        ``/ping``, which says Healthy while workers are still loading. Never raises for a
-        server-side reason: logs why at WARNING and returns False."""
-        for version in self._experiments.current().versions():
-            url = self._predict_url(version)
+        ``/ping``, which says Healthy while workers are still loading. With several hosts: when
+        one host at least answers all of them (calls fail over to it); each check also counts
+        as a probe of its host. Never raises for a server-side reason: logs why at WARNING and
+        returns False."""
+        versions = self._experiments.current().versions()
+        ready = False
+        for host in self._hosts.hosts:
             try:
-                self._transport.request("POST", url, json_body={"history": [], "k": 1}, retries=0)
+                for version in versions:
+                    self._transport.request("POST", self._hosts, self._predict_path(version),
+                                            json_body={"history": [], "k": 1}, retries=0,
+                                            host=host)
+                ready = True
             except SeqrecError as e:
                 log.warning("seqrec: not ready: %s", e)
-                return False
-        return True
+        return ready
 
     def versions(self) -> Tuple[ModelVersion, ...]:
         """The model's registered versions and their workers, from TorchServe's management API
         (``GET <management_url>/models/<model>/all``); needs ``management_url``."""
-        if not self.management_url:
+        if self._management is None:
             raise ValueError("versions() needs Client(management_url=...), e.g. port 8081")
-        url = f"{self.management_url}/models/{quote(self.model, safe='')}/all"
-        resp = self._transport.request("GET", url, token_kind="management")
+        path = f"/models/{quote(self.model, safe='')}/all"
+        url = self.management_url + path
+        resp, _ = self._transport.request("GET", self._management, path, token_kind="management")
         try:
             described = resp.json()
             return tuple(
@@ -263,11 +289,13 @@ class Client:
 
     @property
     def stats(self) -> ClientStats:
-        """A consistent snapshot of the counters (requests, fallbacks by reason, retries...)."""
+        """A consistent snapshot of the counters (requests, fallbacks by reason, retries...),
+        with each host's own (``stats.hosts[base_url]``)."""
         with self._lock:
             c = dict(self._counts)
             reasons = MappingProxyType(dict(self._fallback_reasons))
-        return ClientStats(fallback_reasons=reasons, **c)
+        hosts = MappingProxyType(self._hosts.snapshot())
+        return ClientStats(fallback_reasons=reasons, hosts=hosts, **c)
 
     # -- internals -----------------------------------------------------------------------------
     def _count(self, name: str, reason: Optional[str] = None) -> None:
@@ -276,9 +304,9 @@ class Client:
             if reason is not None:
                 self._fallback_reasons[reason] += 1
 
-    def _predict_url(self, version: Optional[str]) -> str:
-        url = f"{self.base_url}/predictions/{quote(self.model, safe='')}"
-        return f"{url}/{quote(version, safe='')}" if version else url
+    def _predict_path(self, version: Optional[str]) -> str:
+        path = f"/predictions/{quote(self.model, safe='')}"
+        return f"{path}/{quote(version, safe='')}" if version else path
 
     def _outcome(self, request: RecommendRequest) -> Union[Recommendations, SeqrecError]:
         try:
@@ -293,10 +321,10 @@ class Client:
         assigned = snapshot.assign(request.user_id) if request.version is None else None
         exp, variant = assigned if assigned else (None, None)
         version = request.version or (variant.model_version if variant else snapshot.default_version)
-        url = self._predict_url(version)
         try:
-            resp = self._transport.request("POST", url, json_body=request.body())
-            recs = self._parse(resp, url, exp, variant, start)
+            resp, host = self._transport.request("POST", self._hosts, self._predict_path(version),
+                                                 json_body=request.body())
+            recs = self._parse(resp, host.url, exp, variant, start)
             self._count("ok")
         except SeqrecError as e:
             reason = next((r for cls, r in _FALLBACK_REASONS if isinstance(e, cls)), None)
@@ -308,14 +336,14 @@ class Client:
             self._expose(exp, variant, request, recs)
         return recs
 
-    def _parse(self, resp: requests.Response, url: str, exp: Optional[Experiment],
+    def _parse(self, resp: requests.Response, host: str, exp: Optional[Experiment],
                variant: Optional[Variant], start: float) -> Recommendations:
         try:
             data = resp.json()
             items = tuple(ScoredItem(d["item_id"], float(d["score"])) for d in data["items"])
             unknown = tuple(data.get("unknown_items") or ())
         except (ValueError, KeyError, TypeError) as e:
-            raise ServerError(f"unreadable answer: {e}", status=resp.status_code, url=url,
+            raise ServerError(f"unreadable answer: {e}", status=resp.status_code, url=resp.url,
                               body=resp.text[:2000],
                               request_id=resp.headers.get("x-request-id")) from e
         flag = data.get("fallback")  # the handler's popular-items flag, e.g. "popular"
@@ -330,6 +358,7 @@ class Client:
             latency_ms=(time.perf_counter() - start) * 1000.0,
             unknown_items=unknown,
             server_fallback=None if not flag else ("true" if flag is True else str(flag)),
+            host=host,
         )
 
     def _serve_fallback(self, request: RecommendRequest, error: SeqrecError, reason: str,

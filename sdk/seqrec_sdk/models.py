@@ -23,6 +23,7 @@ __all__ = [
     "Exposure",
     "Outcome",
     "ModelVersion",
+    "HostStats",
     "ClientStats",
 ]
 
@@ -161,6 +162,7 @@ class Recommendations:
     latency_ms: float = 0.0
     unknown_items: Tuple[ItemId, ...] = ()
     server_fallback: Optional[str] = None
+    host: Optional[str] = None  # the base URL that answered; None for a client fallback
 
     @property
     def item_ids(self) -> Tuple[ItemId, ...]:
@@ -278,6 +280,19 @@ class ModelVersion:
 
 
 @dataclass(frozen=True)
+class HostStats:
+    """One host's counters (``ClientStats.hosts[base_url]``): HTTP attempts sent to it, 2xx
+    answers, failures (connection errors, timeouts, 5xx), times it was taken out of rotation,
+    and whether it is out now (cooling down or waiting for its probe)."""
+
+    requests: int = 0
+    ok: int = 0
+    failures: int = 0
+    marked_down: int = 0
+    down: bool = False
+
+
+@dataclass(frozen=True)
 class ClientStats:
     """Counters since the client was created (a snapshot; see ``Client.stats``)."""
 
@@ -285,8 +300,10 @@ class ClientStats:
     ok: int = 0  # answered by the server
     errors: int = 0  # raised to the caller
     retries: int = 0  # extra HTTP attempts: connection error, 503/504, "Worker died."
+    failovers: int = 0  # those of the retries that went to another host
     fallbacks: int = 0
     fallback_reasons: Mapping[str, int] = field(default_factory=dict)
     token_reloads: int = 0  # token file re-read after the server refused the key
     exposures: int = 0
     exposure_errors: int = 0  # on_exposure raised (logged, never propagated)
+    hosts: Mapping[str, HostStats] = field(default_factory=dict)  # by base URL
