@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml sdk/pypr
 DEMO_DIR := artifacts/demo
 SERVE_DIR := artifacts/serve
 
-.PHONY: setup java test test-fast demo train-demo serve stop bench-quality bench-negatives bench-serve bench-sdk bench-ablation bench-reliability bench-scale bench-optimizers
+.PHONY: setup java test test-fast demo train-demo serve stop bench-quality bench-negatives bench-serve bench-sdk bench-ablation bench-reliability bench-scale bench-optimizers bench-index
 
 setup: $(STAMP) java
 
@@ -65,11 +65,29 @@ bench-ablation: setup
 bench-reliability: setup
 	$(PY) -m bench.reliability
 
+# Exact and index scoring side by side at 50k and 2M items (in process and through TorchServe),
+# then the index's ranking quality against exact on trained models (bench-index).
 bench-serve: setup
 	$(PY) -m bench.serve_bench
+	$(MAKE) bench-index
+
+# The candidate index on trained models -> bench/results/index_quality.json: amazon-beauty (the
+# export make bench-optimizers leaves) and the 2M-item model (make bench-scale's export).
+INDEX_EXPORTS ?= amazon-beauty=artifacts/bench-optimizers/amazon-beauty/sparse_adam scale-2M=artifacts/scale/export
+bench-index: setup
+	@for pair in $(INDEX_EXPORTS); do label=$${pair%%=*}; dir=$${pair#*=}; \
+	  if [ -f $$dir/metadata.json ]; then $(PY) -m bench.index_quality $$dir --label $$label || exit 1; \
+	  else echo "bench-index: skipping $$label: no export in $$dir (make bench-optimizers / make bench-scale write them)"; fi; \
+	done
 
 bench-sdk: setup
 	$(PY) -m bench.sdk_overhead
+
+# Simulated online A/B (stage 2 vs all stages) and A/A tests through the SDK and one real TorchServe
+# (issue 15) -> bench/results/ab.json, ab.png, ab-aa.png; the exports stay in artifacts/bench-ab/.
+.PHONY: bench-ab
+bench-ab: setup
+	$(PY) -m bench.ab
 
 # Marketplace scale (issue 11): 2M items, 1M users, ~31M events through generate, load, one epoch,
 # evaluation, export and archive.sh -> bench/results/scale.json; the export stays in artifacts/scale/.

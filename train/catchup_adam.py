@@ -8,9 +8,10 @@ now and then, each lookup then moves a row about r/(1-r) ~ 9x less than dense Ad
 (bench/results/optimizers.json, lazy_adam).
 
 CatchUpAdam makes the missed moves when a row is next touched, and for every row at flush() (once
-an epoch, before validation and checkpoints). Their sum is a geometric series in r:
-lr * m / (sqrt(v) + eps) * sum_k r^k c(s+k), with c(j) = sqrt(1 - b2^j) / (1 - b1^j) the bias
-correction at step j, cut after TERMS terms (r^128 ~ 1e-6). Then the row takes the ordinary Adam
+an epoch, before validation and checkpoints). Their sum is a series in r:
+lr * m / (sqrt(v) + eps) * sum_{k=1..n} r^k c(s+k), with c(j) = sqrt(1 - b2^j) / (1 - b1^j) the
+bias correction at step j. With the tail T(j) = sum_{k>=1} r^k c(j+k) = r (c(j+1) + T(j+1)),
+tabulated once, the sum is T(s) - r^n T(s+n): O(1) a row. Then the row takes the ordinary Adam
 step with its new gradient. What differs from dense Adam: eps in the missed moves is taken at the
 last touch's v (it matters only where sqrt(v) is near eps), and the caller renormalises a row once
 after the catch-up, not at every missed step.
@@ -23,7 +24,6 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import Tensor
 
-TERMS = 128
 EXACT_BIAS_STEPS = 1 << 15  # c(j) is 1 to float precision beyond this (b2^j < 1e-14)
 
 
@@ -35,10 +35,8 @@ class CatchUpAdam:
         self.exp_avg_sq = torch.zeros_like(param)
         self.last = torch.zeros(param.size(0), dtype=torch.long)  # the step each row is advanced to
         self.step_count = 0
-        k = torch.arange(1, TERMS + 1, dtype=torch.float64)
-        self._r_pow = (self.b1 / math.sqrt(self.b2)) ** k
-        j = torch.arange(EXACT_BIAS_STEPS + TERMS + 1, dtype=torch.float64).clamp_min(1)
-        self._bias = (1 - self.b2 ** j).sqrt() / (1 - self.b1 ** j)
+        self._r = self.b1 / math.sqrt(self.b2)
+        self._tail = self._tail_table(self._r, self.b1, self.b2)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.param.grad = None
@@ -69,22 +67,28 @@ class CatchUpAdam:
             if len(rows):
                 self._store(rows, *self._caught_up(rows, self.step_count))
 
+    @staticmethod
+    def _tail_table(r: float, b1: float, b2: float) -> Tensor:
+        """T(j) for j = 0..EXACT_BIAS_STEPS; beyond, c = 1 and T = r / (1 - r)."""
+        c = [math.sqrt(1 - b2 ** j) / (1 - b1 ** j) if j else 0.0 for j in range(EXACT_BIAS_STEPS + 1)]
+        tail = [0.0] * (EXACT_BIAS_STEPS + 1)
+        tail[-1] = r / (1 - r)
+        for j in range(EXACT_BIAS_STEPS - 1, -1, -1):
+            tail[j] = r * (c[j + 1] + tail[j + 1])
+        return torch.tensor(tail, dtype=torch.float64)
+
     def _caught_up(self, rows: Tensor, to_step: int):
         """Copies of the rows' value and moments after dense Adam's moment-only steps up to to_step."""
         last = self.last[rows]
-        missed = (to_step - last).clamp_min(0)
+        n = (to_step - last).clamp_min(0)
+        top = len(self._tail) - 1
+        r_n = self._r ** n.to(torch.float64)
+        coef = self._tail[last.clamp_max(top)] - r_n * self._tail[(last + n).clamp_max(top)]
         p, m, v = self.param[rows], self.exp_avg[rows], self.exp_avg_sq[rows]
-        todo = (missed > 0).nonzero().flatten()
-        if len(todo):
-            n = missed[todo]
-            k = torch.arange(1, TERMS + 1)
-            steps = (last[todo, None] + k).clamp_max(len(self._bias) - 1)
-            coef = (self._r_pow * self._bias[steps] * (k <= n[:, None])).sum(1).to(p.dtype)
-            mt, vt = m[todo], v[todo]
-            p[todo] -= self.lr * coef[:, None] * mt / (vt.sqrt() + self.eps)
-            nf = n.to(torch.float64)[:, None]
-            m[todo] = mt * (self.b1 ** nf).to(p.dtype)
-            v[todo] = vt * (self.b2 ** nf).to(p.dtype)
+        p -= (self.lr * coef).to(p.dtype)[:, None] * m / (v.sqrt() + self.eps)
+        nf = n.to(torch.float64)[:, None]
+        m *= (self.b1 ** nf).to(p.dtype)
+        v *= (self.b2 ** nf).to(p.dtype)
         return p, m, v
 
     def _store(self, rows: Tensor, p: Tensor, m: Tensor, v: Tensor) -> None:
