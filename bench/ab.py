@@ -216,8 +216,9 @@ def simulate(versions, users, plan: Plan, aa_plan: Plan, work: Path, seed: int, 
                             [names[1]] * 2, ["a", "b"], f"aa-{seed}", work)
         seconds["aa_live"] = time.perf_counter() - clock
     clock = time.perf_counter()
+    (work / "aa-replays").mkdir(exist_ok=True)
     replays = [replayed_test(pinned.answers, users, ab_sim.arrival_order(len(users), 1000 + seed + r),
-                             aa_plan, f"aa-{r}", names[1], ["a", "b"], f"aa-{seed + r}", work)
+                             aa_plan, f"aa-{r}", names[1], ["a", "b"], f"aa-{seed + r}", work / "aa-replays")
                for r in range(aa_repeats)]
     seconds["aa_replays"] = time.perf_counter() - clock
 
@@ -254,20 +255,21 @@ def report(args, base: TrainConfig, versions, users, ab: Served, aa_live: Served
         "training": {v["label"]: v["record"] for v in versions},
         "offline": {"same_run": {"users": len(users), "direction": int(np.sign(offline_diff["mean"])),
                                  "HR@10": {v["label"]: boot_mean(v["per_user_HR@10"], base.seed) for v in versions},
-                                 f"diff_HR@10 ({names[1]} - {names[0]})": offline_diff},
+                                 "diff_HR@10": {"of": f"{names[1]} - {names[0]}", **offline_diff}},
                     "ablation_json": ablation_direction(args.control, args.treatment)},
         "served_both_versions": {
             "what": "each simulated user's list from each version (requests pinned to it): the click rate if "
-                    "everyone saw both, i.e. what the A/B estimates from half the users each",
+                    "everyone saw both, i.e. what the A/B estimates from half the users each. Above the offline "
+                    "HR@10: a served list ranks only the items on sale at the user's moment, offline ranks all",
             "ctr": {v: boot_mean(h, base.seed) for v, h in zip(names, hits)},
-            f"diff_ctr ({names[1]} - {names[0]})": paired_diff(hits[1], hits[0], base.seed),
+            "diff_ctr": {"of": f"{names[1]} - {names[0]}", **paired_diff(hits[1], hits[0], base.seed)},
             "ab_answers_same_items_as_pinned": agreement(ab_answers.answers, pinned.answers)},
-        "ab": {**readout_record(r), "plan": {"baseline (control's validation HR@10)": r.plan.baseline,
+        "ab": {**readout_record(r), "plan": {"baseline": r.plan.baseline, "baseline_from": "the control's validation HR@10",
                                              "users_per_variant": list(r.plan.users_per_variant)},
                "direction": direction,
                "agrees_with_offline": direction != 0 and direction == int(np.sign(offline_diff["mean"]))},
         "aa": {"version": names[1],
-               "plan": {"baseline (validation HR@10)": aa_live.readout.plan.baseline,
+               "plan": {"baseline": aa_live.readout.plan.baseline, "baseline_from": "its validation HR@10",
                         "users_per_variant": list(aa_live.readout.plan.users_per_variant)},
                "live_repeat": readout_record(aa_live.readout),
                "replay_of_live_matches": same_readout(replays[0], aa_live.readout) if replays else None,
