@@ -278,12 +278,9 @@ def summary(sizes: dict) -> dict:
 
 
 def shipped_config():
-    y = {}
-    for line in (ROOT / "handler" / "model-config.yaml").read_text().splitlines():
-        if ":" in line and not line.lstrip().startswith("#"):
-            k, v = line.split(":", 1)
-            y[k.strip()] = int(v.strip())
-    return {"workers": y["minWorkers"], "batchSize": y["batchSize"], "maxBatchDelay": y["maxBatchDelay"]}
+    import yaml  # PyYAML: TorchServe's own dependency
+    y = yaml.safe_load((ROOT / "handler" / "model-config.yaml").read_text())
+    return {"workers": int(y["minWorkers"]), "batchSize": int(y["batchSize"]), "maxBatchDelay": int(y["maxBatchDelay"])}
 
 
 def main(argv=None):
