@@ -302,7 +302,6 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
         "events_per_s": hist.events_seen / max(hist.train_seconds, 1e-9),
         "history": hist.epochs,
         "phase_seconds": clock.seconds,
-        "prepare_seconds": prep.seconds,  # prepare's own phases (load, index, split, columns) + windows
         "prepare_seconds": prep.seconds,  # prepare's own phases: load, index, split, columns
         "test": test,
         "early_stopped_before_refit": early_stopped,
