@@ -10,6 +10,8 @@ an unexpected failure answers 500 for the requests it touched, never the whole b
 A batch goes through named stages: parse (seqrec_contract: body -> Request or a 400) -> resolve
 (seqrec_request: one index lookup for the batch -> one Resolved record per request) -> score (one
 padded forward, one top-k over the catalogue) -> respond (each Outcome, Answer or Failure, as JSON).
+Under TorchServe's KServe envelopes (TS_SERVICE_ENVELOPE=kservev2|kserve) seqrec_kserve maps the
+envelope's input onto the same parse stage and the outcomes onto its answer shape.
 
 CPU threads: TorchServe starts `minWorkers` processes and sets no thread count, so each worker
 takes max(1, cores // workers) threads (workers from SEQREC_WORKERS, else the model YAML's
@@ -33,6 +35,7 @@ if __package__:  # imported as handler.seqrec_handler (tests, benchmarks, devtoo
     from .seqrec_catalogue import Catalogue
     from .seqrec_contract import BadRequest, Request, parse_request
     from .seqrec_index import CandidateIndex
+    from . import seqrec_kserve as kserve
     from .seqrec_request import Answer, Failure, Outcome, Resolved, partition, resolve
     from .seqrec_twostage import ScoringOptions, rank_catalogue
 else:  # TorchServe: the archive's files land flat in model_dir, the worker's import path
@@ -40,6 +43,7 @@ else:  # TorchServe: the archive's files land flat in model_dir, the worker's im
     from seqrec_catalogue import Catalogue
     from seqrec_contract import BadRequest, Request, parse_request
     from seqrec_index import CandidateIndex
+    import seqrec_kserve as kserve
     from seqrec_request import Answer, Failure, Outcome, Resolved, partition, resolve
     from seqrec_twostage import ScoringOptions, rank_catalogue
 
@@ -72,6 +76,9 @@ class SeqrecHandler(BaseHandler):
         self.context = context
         self._warm_up()
         self.initialized = True
+        warning = kserve.batch_warning(props.get("batch_size"))
+        if warning:
+            log.warning(warning)
         log.info("seqrec %s ready on %s: %d items (%d scorable), total_length %d, %d threads, scoring %s",
                  self.model_version, self.device, self.catalogue.num_items, len(self.catalogue.rows),
                  int(self.model.total_length), torch.get_num_threads(),
@@ -113,17 +120,23 @@ class SeqrecHandler(BaseHandler):
                     raise RuntimeError(f"seqrec: warm-up request {i} failed: {outcome.message}")
 
     # ---- TorchServe entry point: parse -> resolve -> score -> respond
-    def handle(self, data: List[Any], context) -> List[str]:
+    def handle(self, data: List[Any], context) -> list:
         self.context = context
         if self._header(context, "describe") == "True":
             return [json.dumps(self.describe())] * len(data)
         explain = self._header(context, "explain") == "True"
-        requests, outcomes = partition({i: self._parse(i, row, explain) for i, row in enumerate(data)})
+        envelope = kserve.envelope(data, context)  # None: TorchServe's own rows, one per request
+        units, body = (data, _body) if envelope is None else (
+            kserve.units(envelope, data), lambda unit: kserve.body(envelope, unit))
+        requests, outcomes = partition({i: self._parse(i, body, u, explain) for i, u in enumerate(units)})
         t0 = time.perf_counter()
         outcomes.update(self._answer(requests))
         scoring_s = time.perf_counter() - t0
-        ordered = [outcomes[i] for i in range(len(data))]  # every index has exactly one outcome
-        self._emit_metrics([_label(o) for o in ordered], scoring_s if requests else None, len(data))
+        ordered = [outcomes[i] for i in range(len(units))]  # every index has exactly one outcome
+        self._emit_metrics([_label(o) for o in ordered], scoring_s if requests else None, len(units))
+        if envelope is not None:
+            return kserve.respond(envelope, context, ordered, self.model_name, self.model_version,
+                                  self.catalogue.id_type)
         return [self._respond(context, i, o) for i, o in enumerate(ordered)]
 
     def describe(self) -> dict:
@@ -132,11 +145,11 @@ class SeqrecHandler(BaseHandler):
         return {k: self.meta.get(k) for k in keys}
 
     @staticmethod
-    def _parse(i: int, row: Any, explain: bool) -> Union[Request, Failure]:
+    def _parse(i: int, body, row: Any, explain: bool) -> Union[Request, Failure]:
         try:
             if explain:
                 raise BadRequest("explanations are not supported; POST /predictions/<model>")
-            return parse_request(_body(row))
+            return parse_request(body(row))
         except BadRequest as e:
             return Failure.bad_request(str(e))
         except Exception as e:  # noqa: BLE001 -- a parser bug must not cost the other requests their answer
