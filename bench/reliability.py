@@ -23,7 +23,11 @@ Phases, in order, on one server (seqrec 1.0 the default, 2.0 loaded and parked a
   rollout   under SDK load: ops/rollout.py --to 2.0 --from 1.0 (scale up, smoke test,
             set-default, drain, scale 1.0 to 0): zero failed calls;
   down      SIGKILL the whole server under SDK load, restart it on the same ports: the same Client
-            serves flagged fallbacks while it is down and real answers once it is back.
+            serves flagged fallbacks while it is down and real answers once it is back;
+  keys      a server of its own whose keys live --keys-lifetime-min minutes (1), ops/rotate_keys.py
+            beside it, --keys-seconds (420) of SDK load: 0 AuthError, 0 failed calls;
+  hosts     two servers of their own, one Client over both: one SIGKILLed under load, down
+            --down-seconds, started again: 0 failed calls, 0 fallbacks, traffic back on it.
 Each property is listed under "properties" with its measured value; one that does not hold is
 reported as failing, and the run goes on. Clients run on the same 2 cores as the server.
 """
@@ -42,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from bench.reliability_fleet import phase_hosts, phase_keys
 from bench.reliability_load import sdk_client
 from bench.reliability_phases import (PROPERTIES, phase_down, phase_fuzz, phase_kill_worker, phase_ramp,
                                       phase_rollout, phase_soak, rollout_cmd)
@@ -53,14 +58,17 @@ from devtools.ts_probes import server_processes, server_rss_mb
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"
 # This benchmark's code: a run with any of them changed is marked dirty.
-BENCH_FILES = ("bench/reliability.py", "bench/reliability_phases.py", "bench/reliability_load.py")
-PHASES = ("fuzz", "ramp", "soak", "kill", "rollout", "down")  # the order they run in
+BENCH_FILES = ("bench/reliability.py", "bench/reliability_phases.py", "bench/reliability_load.py",
+               "bench/reliability_fleet.py", "ops", "devtools/key_rotator.py")
+PHASES = ("fuzz", "ramp", "soak", "kill", "rollout", "down", "keys", "hosts")  # the order they run in
 # Where each phase's figures live in the result, and how its properties' names begin (files written
 # before properties carried their phase are matched by these prefixes).
 PHASE_KEYS = {"fuzz": ("fuzz",), "ramp": ("ramp",), "soak": ("soak",), "kill": ("kill_worker",),
-              "rollout": ("rollout",), "down": ("server_down",)}
+              "rollout": ("rollout",), "down": ("server_down",), "keys": ("key_rotation",),
+              "hosts": ("two_hosts",)}
 PHASE_PREFIXES = {"fuzz": ("fuzz:",), "ramp": ("load:",), "soak": ("soak:",), "kill": ("kill worker:",),
-                  "rollout": ("rollout:",), "down": ("server down:", "server back:")}
+                  "rollout": ("rollout:",), "down": ("server down:", "server back:"), "keys": ("keys:",),
+                  "hosts": ("hosts:",)}
 
 
 def shipped(path: Path, key: str, sep: str) -> int:
@@ -128,6 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--soak-seconds", type=float, default=600.0)
     ap.add_argument("--fault-seconds", type=float, default=30.0, help="SDK load around a worker kill / a rollout")
     ap.add_argument("--down-seconds", type=float, default=10.0, help="how long the killed server stays down")
+    ap.add_argument("--keys-seconds", type=float, default=420.0, help="SDK load while short-lived keys rotate")
+    ap.add_argument("--keys-lifetime-min", type=float, default=1.0, help="token_expiration_min of the keys phase")
     ap.add_argument("--job-queue-size", type=int, help="override config.properties' job_queue_size")
     ap.add_argument("--work", type=Path, default=Path("/tmp/seqrec_reliability"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "reliability.json")
@@ -140,7 +150,7 @@ def main(argv=None) -> int:
     subset = phases != list(PHASES)
     previous = json.loads(args.out.read_text()) if subset and args.out.exists() else None
     if "ramp" not in phases and not (previous or {}).get("ramp", {}).get("knee"):
-        if "soak" in phases or (args.fault_rate is None and {"kill", "rollout", "down"} & set(phases)):
+        if "soak" in phases or (args.fault_rate is None and {"kill", "rollout", "down", "keys", "hosts"} & set(phases)):
             ap.error(f"no ramp knee in {args.out} to size the load: add ramp to --phases (or give --fault-rate)")
     t_start = time.monotonic()
     queue = args.job_queue_size or shipped(ROOT / "config.properties", "job_queue_size", "=")
@@ -255,7 +265,20 @@ def main(argv=None) -> int:
             print("(kill the server)", flush=True)
             result["server_down"], ts = phase_down(ts, client, bodies, min(fault_rate, 40.0), args.down_seconds,
                                                    10.0, start_server)
+            save()
         client.close()
+        # Servers of their own, on the same archive (the main one idles meanwhile).
+        fleet_env = {"SEQREC_THREADS": "1"}  # two servers' workers share the 2 cores
+        if begin("keys"):
+            result["phases"]["keys"].update(fault_rate=min(fault_rate, 40.0))
+            result["key_rotation"] = phase_keys(store, ["seqrec=seqrec_1.0.mar"], args.work, bodies, fallback_ids,
+                                                min(fault_rate, 40.0), args.keys_seconds, args.keys_lifetime_min,
+                                                env=fleet_env)
+            save()
+        if begin("hosts"):
+            result["phases"]["hosts"].update(fault_rate=min(fault_rate, 40.0))
+            result["two_hosts"] = phase_hosts(store, ["seqrec=seqrec_1.0.mar"], args.work, bodies, fallback_ids,
+                                              min(fault_rate, 40.0), args.down_seconds, 10.0, env=fleet_env)
     finally:
         ts.stop()
         result["machine"]["loadavg_end"] = os.getloadavg()

@@ -135,10 +135,10 @@ def drive_sdk(client: Client, bodies: List[dict], threads: int, rate: float, sec
             try:
                 r = client.recommend(b["history"], k=b["k"])
                 rec = {"t": t - t0, "outcome": "fallback" if r.fallback else "ok", "reason": r.fallback_reason,
-                       "version": r.model_version, "ms": (time.monotonic() - t) * 1e3}
+                       "version": r.model_version, "host": r.host, "ms": (time.monotonic() - t) * 1e3}
             except SeqrecError as e:
                 rec = {"t": t - t0, "outcome": "error", "reason": f"{type(e).__name__}: {str(e)[:120]}",
-                       "version": None, "ms": (time.monotonic() - t) * 1e3}
+                       "version": None, "host": None, "ms": (time.monotonic() - t) * 1e3}
             mine.append(rec)
         with lock:
             records.extend(mine)

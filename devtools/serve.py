@@ -5,6 +5,8 @@
 
 The server runs from --workdir (default artifacts/serve: key_file.json, logs/, its own TMPDIR) in a
 process session of its own, so it outlives this script and `--stop` ends exactly that server.
+ops/rotate_keys.py runs beside it (its own session too) and renews both keys at half their
+lifetime, so the server keeps answering after token_expiration_min; it stops with the server.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from devtools import key_rotator
 from devtools.local_server import LocalTorchServe, archive, config_ports, stop_server_in
 
 WORKDIR = ROOT / "artifacts" / "serve"
@@ -31,12 +34,16 @@ def serve(export: Path, workdir: Path) -> int:
     try:
         ts.start()
         print(f"archived {mar}; starting TorchServe on {ts.base_url} ...", flush=True)
+        # TorchServe never renews its keys: without this every call is refused after 60 min.
+        rotator = key_rotator.start(ts, detach=True)
         ts.wait_ready()
     except RuntimeError as e:  # already running, ports taken, or the model did not load (logs)
+        key_rotator.stop_detached(workdir)
         ts.stop()
         print(f"serve.py: {e}", file=sys.stderr)
         return 1
     except BaseException:
+        key_rotator.stop_detached(workdir)
         ts.stop()
         raise
     items = pd.read_parquet(export / "items.parquet", columns=["item_id", "available"])
@@ -48,7 +55,8 @@ TorchServe is up (launcher pid {ts.proc.pid}), model seqrec {json.loads((export 
   curl -s -H "Authorization: Bearer {ts.key}" -H 'Content-Type: application/json' \\
        -d '{body}' {ts.base_url}/predictions/seqrec
 
-  keys:    {ts.key_file}   (inference key expires after 60 min; management key for {ts.management_url})
+  keys:    {ts.key_file}   (management key for {ts.management_url}; both are rotated every
+           30 min by ops/rotate_keys.py, pid {rotator.pid}, log {ts.dir / 'logs' / 'rotate_keys.log'})
   metrics: curl -s {ts.metrics_url}/metrics
   logs:    {ts.dir / 'logs'}/
   stop:    make stop     (or .venv/bin/python devtools/serve.py --stop)""")
@@ -63,6 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stop", action="store_true", help="stop the server started from --workdir")
     args = ap.parse_args(argv)
     if args.stop:
+        key_rotator.stop_detached(args.workdir)  # it would also stop by itself with the server
         if stop_server_in(args.workdir):
             print(f"stopped the TorchServe of {args.workdir}")
         else:

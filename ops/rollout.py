@@ -37,6 +37,11 @@ import urllib.parse
 import urllib.request
 from typing import Optional, Tuple
 
+try:
+    from ops.rotate_keys import read_keys
+except ImportError:  # run as a script: ops/ itself is on sys.path
+    from rotate_keys import read_keys
+
 log = logging.getLogger("seqrec.rollout")
 
 
@@ -52,8 +57,7 @@ class TorchServeAdmin:
 
     # -- HTTP with TorchServe's keys
     def _key(self, kind: str) -> str:
-        with open(self.key_file, encoding="utf-8") as f:
-            return json.load(f)[kind]["key"]
+        return read_keys(self.key_file)[kind]["key"]  # waits out a rotation's rewrite of the file
 
     def _call(self, method: str, url: str, kind: str, body: Optional[bytes] = None) -> Tuple[int, str]:
         req = urllib.request.Request(url, data=body, method=method,
@@ -164,7 +168,7 @@ def main(argv=None) -> int:
             log.info("%s %s parked: 0 workers", args.model, args.park)
         if args.to:
             rollout(admin, args.to, args.frm, args.workers, args.drain)
-    except (RolloutError, OSError) as e:
+    except (RolloutError, OSError, ValueError) as e:
         log.error("rollout stopped: %s", e)
         return 1
     return 0

@@ -8,11 +8,10 @@ Each server serves the tiny trained export as 1.0 (the default) and 2.0, one wor
 its own directory: its own key_file.json, so the client gets one key file per host, and the
 restarted server writes a new key that the client has to re-read. The kill is SIGKILL to the
 server's whole process group (launcher, Java, workers), as a crashed machine would go.
-tests/sdk/test_hosts.py checks the same rules in detail against fake servers.
+tests/sdk/test_hosts.py checks the same rules in detail against fake servers; bench/reliability.py's
+hosts phase runs this at the shipped settings (bench/reliability_fleet.py, whose Restartable this uses).
 """
 import itertools
-import os
-import signal
 import threading
 import time
 from collections import defaultdict
@@ -21,7 +20,8 @@ import pytest
 from seqrec_sdk import Client, Cooldown, Experiment, SeqrecError, Variant
 from torchserve_fixtures import requires_java, tiny_export
 
-from devtools.local_server import LocalTorchServe, archive, free_ports
+from bench.reliability_fleet import Restartable
+from devtools.local_server import archive, free_ports
 
 pytestmark = [pytest.mark.torchserve, requires_java]
 
@@ -31,48 +31,6 @@ MODELS = ["seqrec=seqrec.mar", "seqrec=seqrec_2.0.mar"]
 PATHS = ["/predictions/seqrec", "/predictions/seqrec/2.0"]
 AB = Experiment("hosts-ab", [Variant("control", "1.0", 0.5), Variant("candidate", "2.0", 0.5)])
 USERS = 40
-
-
-class Server:
-    """A TorchServe that can be killed and started again on the same ports and directory."""
-
-    def __init__(self, store, workdir, ports) -> None:
-        self.store, self.workdir = store, workdir
-        self.ports = tuple(ports[:3])  # inference, management, metrics
-        self.settings = {"grpc_inference_port": str(ports[3]), "grpc_management_port": str(ports[4])}
-        self.ts = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.ports[0]}"
-
-    @property
-    def key_file(self) -> str:
-        return str(self.workdir / "key_file.json")
-
-    def start(self, timeout: float = 120) -> "Server":
-        deadline = time.monotonic() + timeout
-        while True:  # the killed server's ports may linger a moment
-            ts = LocalTorchServe(self.store, MODELS, workdir=self.workdir, ports=self.ports,
-                                 settings=self.settings, env={"SEQREC_THREADS": "1"})
-            try:
-                ts.start()
-                break
-            except RuntimeError as e:
-                if "already in use" not in str(e) or time.monotonic() > deadline:
-                    raise
-                time.sleep(1.0)
-        self.ts = ts
-        ts.wait_ready(PATHS)
-        return self
-
-    def kill(self) -> None:
-        os.killpg(self.ts.proc.pid, signal.SIGKILL)  # no goodbye: connections just drop
-        self.ts.stop()
-
-    def stop(self) -> None:
-        if self.ts is not None:
-            self.ts.stop()
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +47,10 @@ def store(tmp_path_factory):
 @pytest.fixture
 def servers(store, tmp_path):
     ports = free_ports(10)  # one call: ten different ports for the two servers
-    pair = [Server(store, tmp_path / name, ports[i * 5:i * 5 + 5]) for i, name in enumerate("ab")]
+    pair = [Restartable(store, MODELS, tmp_path / name, ports[i * 5:i * 5 + 5]) for i, name in enumerate("ab")]
     try:
         for srv in pair:
-            srv.start()
+            srv.start(PATHS)
         yield pair
     finally:
         for srv in pair:
@@ -160,7 +118,7 @@ def test_killed_host_costs_no_call_and_gets_traffic_once_back(servers):
             a.kill()
             time.sleep(3.0)  # b alone
             restarted = time.monotonic()
-            a.start()  # same ports and directory, a new key
+            a.start(PATHS)  # same ports and directory, a new key
             ready, ok_at_ready = time.monotonic(), hosts()[a.url].ok
             # within its cooldown (at most 2 s) plus a call or two
             load.until(lambda: hosts()[a.url].ok >= ok_at_ready + 10, 30, "traffic back on a")
