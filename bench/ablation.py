@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from bench.provenance import git_commit
 from train.config import TrainConfig
 from train.datasets import data_dir
 from train.evaluate import evaluate_ranking, model_scorer
@@ -42,13 +42,6 @@ log = logging.getLogger("ablation")
 METRICS = ("HR@10", "NDCG@10")
 REFERENCE = "2"  # differences are reported against this stage
 ORDER = ["ml-latest-small", "synthetic", "amazon-beauty"]  # chart and table order
-
-
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "model", "train", "bench/ablation.py", "bench/configs"],
-                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def per_user_test(cfg: TrainConfig, export_dir: Path) -> Dict[str, np.ndarray]:
@@ -81,8 +74,9 @@ def run_stage(base: TrainConfig, overrides: List[str], seed: int, out: Path):
     test = s["test"]
     row = {"seed": seed, **{k: test["model"][k] for k in METRICS},
            "scripted_export_matches": bool(all(abs(per_user[k].mean() - test["model"][k]) < 1e-6 for k in METRICS)),
-           "epochs": s["epochs"], "best_epoch": s["best_epoch"],
-           "best_valid_NDCG@10": max((e.get("valid_NDCG@10", -1.0) for e in s["history"]), default=None),
+           "epochs": s["epochs"], "best_epoch": s["fits"][0]["best_epoch"],
+           "best_valid_NDCG@10": s["fits"][0]["best_valid_NDCG@10"],
+           "seconds_to_best": round(s["fits"][0]["seconds_to_best"], 1),
            "train_seconds": round(s["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - t0, 1)}
     log.info("seed %d: HR@10 %.4f NDCG@10 %.4f (%d epochs, %.0f s)", seed, row["HR@10"], row["NDCG@10"],
              s["epochs"], s["train_seconds"])
@@ -202,7 +196,7 @@ def main(argv=None) -> int:
             continue
         r = run_dataset(spec, name, args.stages or [], Path(args.artifacts), args.seeds)
         r["config_file"] = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-        r["commit"] = git_commit()
+        r["commit"] = git_commit(["model", "train", "bench/ablation.py", "bench/configs"])
         results["datasets"][name] = r
         results["wall_seconds_last_run"] = round(time.perf_counter() - t_all, 1)
         out_path.parent.mkdir(parents=True, exist_ok=True)

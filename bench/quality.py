@@ -1,86 +1,113 @@
 """Quality benchmark: full-ranking HR/NDCG/MRR next to popularity on the real datasets.
 
-    python bench/quality.py                       # every dataset in bench/configs/quality-*.json
-    python bench/quality.py --only amazon-beauty
+    python -m bench.quality                       # every dataset in bench/configs/quality-*.json
+    python -m bench.quality --only amazon-beauty
 
 Each dataset trains with its committed config (chosen on validation NDCG@10, never on test).
-Early stopping on validation NDCG@10 picks the epoch count; with refit_on_validation a fresh model
-is then trained that long on train + validation events and exported. Test metrics of both models
-are written to bench/results/quality.json with the git commit it ran on.
+The headline is the early-stopped model, the anchors' protocol (SASRec+, gSASRec): trained on
+every event but each user's last two, early-stopped on validation NDCG@10, tested on the last
+event with the history up to it as input (the validation item included: split.leave_one_out),
+ranked against every item with the history's own items removed, ties counted against the target.
+With refit_on_validation the config also refits a fresh model for the validated epoch count on
+train + validation events: a second row, labelled `refit`, never the headline (it trains on one
+more target per user than the anchors do). Epochs and patience decide when training stops, never
+wall time. Written to bench/results/quality.json with the commit and the load average around it.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from train.config import load_config
-from train.datasets import data_dir
-from train.pipeline import run
+from bench.provenance import git_commit, load_average  # noqa: E402  (bench.negatives imports git_commit from here)
+from train.config import load_config  # noqa: E402
+from train.datasets import data_dir  # noqa: E402
+from train.pipeline import run  # noqa: E402
 
 KEYS = [f"{m}@{k}" for k in (1, 5, 10, 20) for m in ("HR", "NDCG", "MRR")]
+CI_KEYS = ("HR@10", "NDCG@10")
+PROTOCOLS = {"early_stopped": "anchors' protocol: trained on all events but each user's last two, "
+                              "early-stopped on validation NDCG@10",
+             "refit": "refit: a fresh model trained for the validated epoch count on train + validation "
+                      "events (one more target per user than the anchors train on)"}
 
 
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
+def fit_block(f: Dict[str, Any]) -> Dict[str, Any]:
+    """One fit of summary.json's `fits` as quality.json reports it."""
+    test = f["test"]
+    return {
+        "protocol": PROTOCOLS[f["name"]],
+        "model": {k: test["model"][k] for k in KEYS},
+        "model_ci95": {k: test["model"][f"{k}_ci95"] for k in CI_KEYS},
+        "popularity": {k: test["popularity"][k] for k in KEYS},
+        "popularity_ci95": {k: test["popularity"][f"{k}_ci95"] for k in CI_KEYS},
+        "test_users": test["model"]["users"],
+        "epochs": f["epochs"], "best_epoch": f["best_epoch"], "best_valid_NDCG@10": f["best_valid_NDCG@10"],
+        "seconds_to_best": round(f["seconds_to_best"], 1),  # training seconds until the best epoch ended
+        "wall_seconds_to_best": round(f["wall_seconds_to_best"], 1),  # with the validations on the way
+        "train_seconds": round(f["train_seconds"], 1), "wall_seconds": round(f["wall_seconds"], 1),
+        "training_events": f["training_events"], "events_per_s": round(f["events_per_s"], 1),
+        "validation_curve": [{k: v for k, v in e.items() if k == "epoch" or k == "loss" or k.startswith("valid_")}
+                             for e in f["validation_curve"]],
+    }
 
 
-def main() -> int:
+def dataset_record(s: Dict[str, Any], config_file: str, commit: str, load_start, wall: float) -> Dict[str, Any]:
+    """quality.json's entry for one dataset from its run's summary: the early-stopped model as the
+    headline, the refit (when the config has one) labelled beside it."""
+    fits = {f["name"]: f for f in s["fits"]}
+    return {
+        "commit": commit, "config_file": config_file,
+        "headline": fit_block(fits["early_stopped"]),
+        "refit": fit_block(fits["refit"]) if "refit" in fits else None,
+        "exported": s["exported"],
+        "run": {"epochs": s["epochs"], "train_seconds": round(s["train_seconds"], 1),
+                "wall_seconds": round(wall, 1), "events_per_s": round(s["events_per_s"], 1),
+                "threads": s["machine"]["threads"]},
+        "load_average": {"start": load_start, "end": load_average()},
+    }
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="dataset names to run")
+    ap.add_argument("--configs", default=str(ROOT / "bench/configs"), help="folder of quality-*.json")
     ap.add_argument("--out", default=str(ROOT / "bench/results/quality.json"))
     ap.add_argument("--artifacts", default=str(ROOT / "artifacts/bench"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    configs = sorted((ROOT / "bench/configs").glob("quality-*.json"))
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
     results.setdefault("datasets", {})
     commit = git_commit()  # the code as it was when the run started
-    for path in configs:
+    for path in sorted(Path(args.configs).glob("quality-*.json")):
         cfg = load_config(str(path), [])
         if args.only and cfg.data not in args.only:
             continue
-        if not (data_dir() / cfg.data).is_dir():
+        if cfg.data != "synthetic" and not (data_dir() / cfg.data).is_dir():
             logging.warning("skipping %s: not found under %s (set SEQREC_DATA)", cfg.data, data_dir())
             continue
-        t0 = time.perf_counter()
+        load_start, t0 = load_average(), time.perf_counter()
         s = run(cfg, Path(args.artifacts) / cfg.data, resume=False)
-        test = s["test"]
-        results["datasets"][cfg.data] = {
-            "commit": commit,
-            "config_file": str(path.relative_to(ROOT)),
-            "model": {k: test["model"][k] for k in KEYS},
-            "model_ci95": {k: test["model"].get(f"{k}_ci95") for k in ("HR@10", "NDCG@10")},
-            "popularity": {k: test["popularity"][k] for k in KEYS},
-            "test_users": test["model"]["users"],
-            "refit_on_validation": cfg.refit_on_validation,
-            "early_stopped_model": ({k: s["early_stopped_before_refit"]["test"]["model"][k] for k in KEYS}
-                                    if s.get("early_stopped_before_refit") else None),
-            "early_stopped_popularity": ({k: s["early_stopped_before_refit"]["test"]["popularity"][k] for k in KEYS}
-                                         if s.get("early_stopped_before_refit") else None),
-            "train_seconds": round(s["train_seconds"], 1),
-            "wall_seconds": round(time.perf_counter() - t0, 1),
-            "epochs": s["epochs"], "best_epoch": s["best_epoch"],
-            "events_per_s": round(s["events_per_s"], 1),
-            "sequences_per_s": round(s["sequences_per_s"], 1),
-            "threads": s["machine"]["threads"],
-            "validation_curve": [{k: e[k] for k in ("epoch", "loss", "valid_NDCG@10") if k in e} for e in s["history"]],
-        }
+        rel = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+        r = results["datasets"][cfg.data] = dataset_record(s, rel, commit, load_start, time.perf_counter() - t0)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(results, indent=2))
-        m, p = results["datasets"][cfg.data]["model"], results["datasets"][cfg.data]["popularity"]
-        print(f"{cfg.data}: HR@10 {m['HR@10']:.4f} NDCG@10 {m['NDCG@10']:.4f} | popularity "
-              f"HR@10 {p['HR@10']:.4f} NDCG@10 {p['NDCG@10']:.4f} | {s['train_seconds']:.0f} s train")
+        for name in ("headline", "refit"):
+            b = r[name]
+            if b is None:
+                continue
+            m, ci, p = b["model"], b["model_ci95"], b["popularity"]
+            print(f"{cfg.data} {name}: HR@10 {m['HR@10']:.4f} [{ci['HR@10'][0]:.4f}, {ci['HR@10'][1]:.4f}] "
+                  f"NDCG@10 {m['NDCG@10']:.4f} [{ci['NDCG@10'][0]:.4f}, {ci['NDCG@10'][1]:.4f}] | popularity "
+                  f"HR@10 {p['HR@10']:.4f} | {b['epochs']} epochs, best {b['best_epoch']} after "
+                  f"{b['seconds_to_best']:.0f} s of {b['train_seconds']:.0f} s training")
     return 0
 
 

@@ -127,7 +127,25 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "out"
     proc = train_cli("--out", str(out), *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (out.parent / "stdout.txt").write_text(proc.stdout)
     return out
+
+
+@pytest.mark.training
+def test_the_closing_lines_give_the_whole_run_and_test_figures_with_intervals(trained):
+    lines = (trained.parent / "stdout.txt").read_text().strip().splitlines()
+    s = json.loads((trained / "train" / "summary.json").read_text())
+    assert lines[0] == (f"exported to {trained} (the early_stopped model); the run: 1 fit(s), 1 epochs, "
+                        f"{s['train_seconds']:.0f} s training of {s['wall_seconds']:.0f} s wall, "
+                        f"{s['events_per_s']:.0f} events/s")
+    assert lines[1].split() == ["HR@10", "[95%", "CI]", "NDCG@10", "[95%", "CI]", "MRR@10"]
+    assert lines[2].startswith("early_stopped: 1 epochs on train, best epoch 1 after ")
+    for line, who in zip(lines[3:5], ("model", "popularity")):
+        m = s["test"][who]
+        want = [who] + [f"{m[k]:.4f} [{m[k + '_ci95'][0]:.4f}, {m[k + '_ci95'][1]:.4f}]".replace(",", "")
+                        for k in ("HR@10", "NDCG@10")] + [f"{m['MRR@10']:.4f}"]
+        assert " ".join(line.replace(",", "").split()) == " ".join(want)
+    assert len(lines) == 5
 
 
 @pytest.mark.training
@@ -164,8 +182,11 @@ def test_a_checkpoint_without_its_config_asks_for_fresh(tmp_path, trained):
 
 
 def test_every_shipped_config_loads():
-    """train/configs/*.json, bench's quality configs and every stage of bench's ablation configs."""
-    paths = sorted((ROOT / "train" / "configs").glob("*.json")) + sorted((ROOT / "bench" / "configs").glob("*.json"))
+    """train/configs/*.json, bench's quality and scale configs and every stage of bench's ablation
+    configs (bench/configs also holds other benches' own settings, such as the peers')."""
+    bench = ROOT / "bench" / "configs"
+    paths = (sorted((ROOT / "train" / "configs").glob("*.json")) + sorted(bench.glob("quality-*.json"))
+             + sorted(bench.glob("ablation-*.json")) + [bench / "scale.json"])
     assert len(paths) >= 6
     for path in paths:
         spec = json.loads(path.read_text())

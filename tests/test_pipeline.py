@@ -70,9 +70,36 @@ def test_export_directory_is_complete_and_checksummed(trained):
 def test_summary_reports_counts_speed_and_curve(trained):
     _, s = trained
     assert s["data"]["events"] > 0 and "dropped" in s["data"] and s["data"]["split"]["users_evaluated"] > 0
-    assert s["events_per_s"] > 0 and len(s["history"]) == s["epochs"]
-    assert all("valid_NDCG@10" in e for e in s["history"])
+    (f,) = s["fits"]  # no refit: one fit, the exported one, and the whole run is that fit
+    assert f["name"] == s["exported"] == "early_stopped" and f["test"] == s["test"]
+    assert s["events_per_s"] > 0 and len(f["validation_curve"]) == f["epochs"] == s["epochs"]
+    assert all("valid_NDCG@10" in e and e["validation_seconds"] > 0 for e in f["validation_curve"])
+    assert f["seconds_to_best"] == pytest.approx(sum(e["seconds"] for e in f["validation_curve"][:f["best_epoch"]]))
+    assert s["train_seconds"] == f["train_seconds"] < f["wall_seconds"] < s["wall_seconds"]
+    assert s["history"] == f["validation_curve"] and s["best_epoch"] == f["best_epoch"]
     assert set(s["test"]) == {"model", "popularity"}
+
+
+@pytest.mark.training
+def test_a_refit_run_reports_every_fit_and_reruns_to_the_same_epochs(tmp_path):
+    # patience 1 on a small log: validation decides where it stops, seed and data alone.
+    cfg = small(epochs=6, patience=1, refit_on_validation=True, synthetic_users=300, synthetic_items=150)
+    a, b = run(cfg, tmp_path / "a"), run(cfg, tmp_path / "b")
+    first, refit = a["fits"]
+    assert (first["name"], first["trained_on"], refit["name"], refit["trained_on"]) == \
+        ("early_stopped", "train", "refit", "train+validation")
+    assert refit["epochs"] == first["best_epoch"] and "valid_NDCG@10" not in refit["validation_curve"][0]
+    assert refit["training_events"] > first["training_events"]
+    assert a["exported"] == "refit" and a["test"] == refit["test"] != first["test"]
+    # The top level is the whole run, not the refit alone.
+    assert a["epochs"] == first["epochs"] + refit["epochs"]
+    assert a["train_seconds"] == pytest.approx(first["train_seconds"] + refit["train_seconds"])
+    events = first["events_seen"] + refit["events_seen"]
+    assert a["events_per_s"] == pytest.approx(events / a["train_seconds"])
+    assert a["wall_seconds"] > first["wall_seconds"] + refit["wall_seconds"]
+    assert a["history"] == first["validation_curve"] and a["best_epoch"] == first["best_epoch"]
+    for fa, fb in zip(a["fits"], b["fits"]):  # no wall clock in the decision
+        assert (fa["epochs"], fa["best_epoch"], fa["test"]) == (fb["epochs"], fb["best_epoch"], fb["test"])
 
 
 @pytest.mark.training

@@ -22,6 +22,7 @@ import sys  # noqa: E402
 from .config import load_config  # noqa: E402
 from .errors import UserError, cli_error  # noqa: E402
 from .pipeline import run  # noqa: E402
+from .report import closing_lines  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -52,13 +53,7 @@ def main(argv=None) -> int:
         return cli_error(ap.prog, e)
     if not summary:  # a non-zero torchrun rank: rank 0 reports
         return 0
-    test = summary["test"]
-    print(f"\nexported to {args.out}  ({summary['epochs']} epochs, {summary['train_seconds']:.0f} s, "
-          f"{summary['events_per_s']:.0f} events/s)")
-    print(f"{'':12}{'HR@10':>8}{'NDCG@10':>9}{'MRR@10':>8}")
-    for name in ("model", "popularity"):
-        m = test[name]
-        print(f"{name:12}{m['HR@10']:8.4f}{m['NDCG@10']:9.4f}{m['MRR@10']:8.4f}")
+    print("\n" + "\n".join(closing_lines(summary, args.out)))
     return 0
 
 

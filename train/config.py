@@ -32,7 +32,8 @@ class TrainConfig:
     item_optimizer: str = "sparse_adam"  # sparse_adam: sparse item-table gradient, Adam with dense Adam's
                                      # moves caught up (a step costs the same at any catalogue size) |
                                      # lazy_adam: torch SparseAdam | adam: the dense reference (train/optim.py)
-    sample_size: int = 2048          # candidates per batch: every target of the batch + random items
+    sample_size: int = 2048          # candidates per batch: every target of the batch + random items;
+                                     # 0 = every item (full softmax: a step costs positions x items)
     negatives: str = "uniform"       # uniform | popularity
     logq: bool = True                # with popularity negatives: subtract log q from logits
     pretrained: str = "none"         # none | svd | path to .npy/.parquet of item vectors
@@ -43,7 +44,9 @@ class TrainConfig:
     # summary.json's data.test_sample says how many of how many). 100k keeps every bundled dataset
     # whole; at 2M items it costs ~15 min on 2 cores (model and popularity). 0 = all.
     max_test_users: int = 100_000
-    max_train_seconds: float = 0.0   # 0 = no limit; otherwise stop after the epoch that passes it
+    # 0 = no limit; otherwise stop after the epoch that passes it. A result that depends on how busy
+    # the machine was: no published config (bench/configs, train/configs) sets it.
+    max_train_seconds: float = 0.0
     exclude_seen: bool = True        # remove history items from the ranking
     # loo only: after early stopping picks the epoch count on validation, train a fresh model for
     # that many epochs on everything but the test events (validation events included) and export
@@ -74,6 +77,9 @@ class TrainConfig:
             raise ConfigError("model", f"must be a ModelConfig, got {self.model!r}")
         if self.refit_on_validation and self.split != "loo":
             raise ConfigError("refit_on_validation", f"needs split='loo', got split={self.split!r}")
+        if self.sample_size == 0 and self.negatives != "uniform":
+            raise ConfigError("sample_size", f"0 (every item a candidate) samples nothing, so negatives must be "
+                                             f"'uniform', got negatives={self.negatives!r}")
         if self.weight_decay > 0 and self.item_optimizer != "adam":
             raise ConfigError("weight_decay", f"needs item_optimizer='adam' (the sparse item optimizers "
                                               f"have no weight decay), got {self.weight_decay!r}")
@@ -164,7 +170,7 @@ TRAIN_RULES: Dict[str, Rule] = {
     "temporal_cut": Rule(low=0.0, high=1.0, low_open=True),
     "min_events": Rule(low=3),  # leave-one-out needs a history, a validation and a test event
     "epochs": Rule(low=1), "batch_size": Rule(low=1), "lr": Rule(low=0.0, low_open=True),
-    "weight_decay": Rule(low=0.0), "sample_size": Rule(low=1),
+    "weight_decay": Rule(low=0.0), "sample_size": Rule(low=0),  # 0: full softmax
     "negatives": Rule(choices=("uniform", "popularity")),
     "item_optimizer": Rule(choices=("sparse_adam", "lazy_adam", "adam")),
     "progress_seconds": Rule(low=0.0, low_open=True),

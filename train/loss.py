@@ -11,7 +11,8 @@ from model import SequenceModel
 
 
 class SampledSoftmaxLoss(nn.Module):
-    """Softmax cross-entropy over a candidate set, at every non-padding position.
+    """Softmax cross-entropy over a candidate set, at every non-padding position. With every item
+    as a candidate (sample_size 0, train/negatives.py) it is the exact full cross-entropy.
 
     Logits are cosine x |w| (a temperature): the bounded tanh score would cap what the loss can
     express. `log_q` (per item) is subtracted for popularity-sampled candidates."""

@@ -1,4 +1,5 @@
-"""Sampled-softmax candidates (seed stage 2): every target in the batch plus random items."""
+"""Softmax candidates (seed stage 2): every target in the batch plus random items, or with
+sample_size 0 every item (the exact full cross-entropy)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -14,13 +15,22 @@ class CandidateSampler:
     from the same popularity distribution, so the correction applies to them too).
 
     A step costs O(sample_size log N), never O(N): popularity draws invert the cumulative
-    distribution, computed once, by binary search (torch.multinomial rebuilds it at every call)."""
+    distribution, computed once, by binary search (torch.multinomial rebuilds it at every call).
+
+    sample_size 0: every item 1..N is a candidate, so the loss is the full softmax over the
+    catalogue. Nothing is sampled, so there is no log q to correct for (popularity mode refuses it).
+    A step then costs O(positions x N) in time and memory for the logits."""
 
     def __init__(self, num_items: int, sample_size: int, popularity: Optional[Tensor] = None,
                  mode: str = "uniform", alpha: float = 0.75):
         if mode not in ("uniform", "popularity"):
             raise ValueError(f"negatives must be 'uniform' or 'popularity', got {mode!r}")
+        if sample_size < 0 or (sample_size == 0 and mode == "popularity"):
+            raise ValueError(f"sample_size must be >= 1, or 0 (every item, full softmax) with uniform "
+                             f"negatives; got {sample_size} with {mode!r}")
         self.num_items, self.sample_size, self.mode = num_items, sample_size, mode
+        self.full = sample_size == 0
+        self.all_items = torch.arange(1, num_items + 1) if self.full else None  # (N,): candidate i-1 is item i
         self.log_q: Optional[Tensor] = None
         if mode == "popularity":
             if popularity is None:
@@ -34,6 +44,8 @@ class CandidateSampler:
     def sample(self, targets: Tensor, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
         """targets: any shape, 0 = padding. Returns (candidates (C,), position of each target in
         candidates, shaped like targets; padding targets map to position 0 and must be masked)."""
+        if self.full:
+            return self.all_items, (targets.long() - 1).clamp(min=0)  # int64, as searchsorted gives
         batch_targets = torch.unique(targets[targets > 0])
         n_random = max(0, self.sample_size - batch_targets.numel())
         if n_random == 0:  # the batch's own targets already fill the candidate set

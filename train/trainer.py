@@ -1,5 +1,7 @@
-"""The training loop: sampled softmax, periodic full-ranking validation, early stopping on
-NDCG@10, a checkpoint after every epoch, resume, fixed seed. DDP-ready: under torchrun the loss
+"""The training loop: sampled (or full) softmax, periodic full-ranking validation, early stopping
+on NDCG@10, a checkpoint after every epoch, resume, fixed seed. Epochs and patience decide when it
+stops, so the same seed and data give the same epochs (max_train_seconds, off by default, is the
+one wall-clock rule). DDP-ready: under torchrun the loss
 module is wrapped in DistributedDataParallel and each rank takes its share of the batches (gloo:
 the sparse item-table gradient is all-reduced as a sparse tensor).
 """
@@ -75,7 +77,7 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
         hist = History(**ck["history"]); start_epoch = ck["epoch"] + 1
         log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
 
-    log_q = sampler.log_q if (cfg.negatives == "popularity" and cfg.logq) else None
+    log_q = sampler.log_q if (cfg.negatives == "popularity" and cfg.logq and not sampler.full) else None
     n = len(data)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -106,8 +108,10 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
             best_state, hist.best_epoch = copy.deepcopy(model.state_dict()), epoch + 1
         elif (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             model.eval()
+            t_valid = time.perf_counter()
             metrics = validate(model) if rank == 0 else {}
             row.update({f"valid_{k}": v for k, v in metrics.items() if isinstance(v, float)})
+            row["validation_seconds"] = time.perf_counter() - t_valid  # for the wall time to the best epoch
             ndcg = metrics.get("NDCG@10", -1.0)
             if ndcg > hist.best_ndcg:
                 hist.best_ndcg, hist.best_epoch, hist.bad_evals = ndcg, epoch + 1, 0
