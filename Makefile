@@ -94,3 +94,14 @@ bench-ab: setup
 # About an hour on 2 cores; run it alone. `python -m bench.scale --small` is the smoke size.
 bench-scale: setup
 	$(PY) -m bench.scale
+
+# Peers side by side (issue 13, item 4): RecTools' SASRec and implicit's ALS on the project's own
+# split, ranked by the project's evaluator -> bench/results/peers.json. In their own venv,
+# .venv-bench (bench/requirements-peers.txt), so the product's dependencies stay lean; torch first.
+.PHONY: bench-peers
+bench-peers:
+	test -x .venv-bench/bin/python || python3 -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q torch==2.13.0
+	.venv-bench/bin/python -m pip install -q -r bench/requirements-peers.txt
+	.venv-bench/bin/python -m pip install -q --no-deps -e .
+	.venv-bench/bin/python -m bench.peers
