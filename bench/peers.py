@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from bench.peers_data import PeerSplit, peer_split  # noqa: E402
+from bench.peers_data import PeerSplit, evaluate_popularity, peer_split  # noqa: E402
 from bench.provenance import git_commit, load_average  # noqa: E402
 from train.evaluate import summarize  # noqa: E402
 
@@ -72,6 +72,20 @@ def subset_users(split: PeerSplit, n: int) -> PeerSplit:
                      eval_cases(prep, prep.split.test, split.test_eval.items.size(1)))
 
 
+def sasrec_params(hp: Dict[str, Any]) -> Dict[str, Any]:
+    """Every scalar setting the library resolves from `hp` (its defaults for the rest)."""
+    import warnings
+    from rectools.models import SASRecModel
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        params = SASRecModel(**hp).get_params(simple_types=True)
+    skip = ("cls", "epochs", "verbose", "deterministic")
+    out = {k: v for k, v in params.items() if k not in skip and not k.startswith("get_")
+           and (isinstance(v, (int, float, str, bool)))}
+    out["adam_betas"] = [0.9, 0.98]  # TransformerLightningModule's default, with Adam at `lr`
+    return out
+
+
 def check_pick(split: PeerSplit, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(len(split.test_eval), min(n, len(split.test_eval)), replace=False))
@@ -86,7 +100,8 @@ def run_sasrec(split: PeerSplit, cfg: Dict[str, Any], seed: int) -> Dict[str, An
     check = topk_agreement(fit["per_case"], pick, topk, split.test_eval.cases.targets[pick], split.n_items)
     events = fit["events_per_epoch"] * fit["epochs"]
     return {"library": "rectools.models.SASRecModel", **metrics_block(fit["per_case"], seed),
-            "hyperparameters": hp, "max_epochs": cfg["max_epochs"], "patience": cfg["patience"],
+            "hyperparameters": hp, "library_settings": sasrec_params(hp),
+            "max_epochs": cfg["max_epochs"], "patience": cfg["patience"],
             "early_stopping": "validation NDCG@10 (project evaluator) after each epoch; best epoch's weights kept",
             "epochs": fit["epochs"], "best_epoch": fit["best_epoch"],
             "best_valid_NDCG@10": round(fit["best_valid_NDCG@10"], 5),
@@ -133,6 +148,7 @@ def run_als(split: PeerSplit, cfg: Dict[str, Any], seed: int, threads: int) -> D
             "epochs": hp["iterations"], "fit_wall_seconds": round(fit_s, 1),
             "predict_wall_seconds": round(predict_s, 1), "training_events": events,
             "events_per_s": round(events * hp["iterations"] / max(fit_s, 1e-9), 1),
+            "events_per_s_is": "training events x iterations / fit seconds (each iteration solves every user and item once)",
             "library_topk_check": check}
 
 
@@ -164,6 +180,7 @@ def main(argv=None) -> int:
         split = subset_users(peer_split(name, **cfg["split"]), args.users)
         entry = results["datasets"].setdefault(name, {})
         entry["split"] = split.counts()
+        entry["popularity"] = metrics_block(evaluate_popularity(split, split.test_eval), cfg["seed"])
         for peer in args.peers:
             pcfg = {**cfg[peer], **dcfg.get(peer, {})}
             if peer == "sasrec" and args.max_epochs:
@@ -183,7 +200,27 @@ def main(argv=None) -> int:
                 out_path.write_text(json.dumps(results, indent=2) + "\n")
     if not out_path:
         print(json.dumps(results, indent=2))
+    print(readme_table(results))
     return 0
+
+
+def readme_table(results: Dict[str, Any]) -> str:
+    """The README's table: each peer's test figures with 95% CIs, epochs, time and events/s."""
+    lines = ["| dataset | model | HR@10 [95% CI] | NDCG@10 [95% CI] | NDCG@20 | MRR@10 | epochs (best) | "
+             "fit s | predict s | training events/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    names = {"sasrec": "RecTools SASRec", "als": "implicit ALS", "popularity": "popularity"}
+    for name, entry in results["datasets"].items():
+        for peer in ("sasrec", "als", "popularity"):
+            r = entry.get(peer)
+            if not r:
+                continue
+            m, ci = r["metrics"], r["ci95"]
+            epochs = f"{r['epochs']} ({r['best_epoch']})" if "best_epoch" in r else str(r.get("epochs", "-"))
+            lines.append(f"| {name} | {names[peer]} | {m['HR@10']:.4f} [{ci['HR@10'][0]:.4f}, {ci['HR@10'][1]:.4f}] | "
+                         f"{m['NDCG@10']:.4f} [{ci['NDCG@10'][0]:.4f}, {ci['NDCG@10'][1]:.4f}] | {m['NDCG@20']:.4f} | "
+                         f"{m['MRR@10']:.4f} | {epochs} | {r.get('fit_wall_seconds', '-')} | "
+                         f"{r.get('predict_wall_seconds', '-')} | {r.get('events_per_s', '-')} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from train.config import TrainConfig
-from train.evaluate import Scorer, evaluate_ranking, metrics_from_ranks
+from train.evaluate import Scorer, evaluate_ranking, metrics_from_ranks, popularity_scorer
 from train.pipeline import Prepared, prepare
 from train.sequences import encode_cases
 from train.split import Cases, RowRanges
@@ -120,6 +120,12 @@ def evaluate_factors(queries: np.ndarray, rows: np.ndarray, ev: EvalCases,
     scorer = Scorer(r, lambda items, features, lengths: q[features[:, 0, 0]])
     scorable = None if known is None else torch.as_tensor(known, dtype=torch.bool)
     return evaluate_ranking(scorer, ev.items, case_no, ev.lengths, ev.targets, exclude_seen, scorable=scorable)
+
+
+def evaluate_popularity(split: PeerSplit, ev: EvalCases) -> Dict[str, np.ndarray]:
+    """The project's popularity baseline (training counts) on the same cases: a sanity anchor."""
+    no_features = torch.zeros(len(ev), 1, 1, dtype=torch.long)
+    return evaluate_ranking(popularity_scorer(split.prep.popularity), ev.items, no_features, ev.lengths, ev.targets)
 
 
 def ranks_from_topk(topk: Sequence[Sequence[int]], targets: np.ndarray, n_items: int) -> np.ndarray:
