@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
     results.setdefault("datasets", {})
-    commit = git_commit()  # the code as it was when the run started
+    # The code as it was when the run started; "-dirty" when what trains or evaluates had changes.
+    commit = git_commit(["model", "train", "handler", "bench/quality.py", "bench/configs"])
     for path in sorted(Path(args.configs).glob("quality-*.json")):
         cfg = load_config(str(path), [])
         if args.only and cfg.data not in args.only:
