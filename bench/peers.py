@@ -31,9 +31,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from bench.peers_data import PeerSplit, evaluate_popularity, peer_split  # noqa: E402
+from bench.peers_data import PeerSplit, eval_cases, evaluate_popularity, peer_split  # noqa: E402
 from bench.provenance import git_commit, load_average  # noqa: E402
 from train.evaluate import summarize  # noqa: E402
+from train.sequences import EventColumns  # noqa: E402
+from train.split import leave_one_out  # noqa: E402
 
 KEYS = [f"{m}@{k}" for k in (1, 5, 10, 20) for m in ("HR", "NDCG", "MRR")]
 CI_KEYS = ("HR@10", "NDCG@10", "NDCG@20", "MRR@10")
@@ -56,13 +58,10 @@ def subset_users(split: PeerSplit, n: int) -> PeerSplit:
     """A smoke-size split: only the first n users' events (same protocol, far less data)."""
     if n <= 0:
         return split
-    from bench.peers_data import eval_cases
-    from train.split import leave_one_out
     ev = split.prep.events
     keep = ev["user_id"].isin(np.sort(ev["user_id"].unique())[:n]).to_numpy()
     prep = split.prep
     prep.events = ev[keep].reset_index(drop=True)
-    from train.sequences import EventColumns
     prep.cols = EventColumns(prep.events)
     prep.split = leave_one_out(prep.events)
     prep.popularity = np.bincount(prep.cols.items[prep.split.train.flat()], minlength=len(prep.index) + 1)
