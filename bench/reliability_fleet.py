@@ -5,6 +5,7 @@ and started again under load (hosts). Their fast versions run in make test
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -163,6 +164,8 @@ def phase_hosts(store: Path, models: Sequence[str], work: Path, bodies: List[dic
              hosts_after_ready=dict(Counter(r.get("host") for r in back)),
              first_answer_from_restarted_s=first_back, failovers=stats.failovers,
              marked_down=stats.hosts[a.url].marked_down, token_reloads=stats.token_reloads,
+             host_stats={("killed " if url == a.url else "survivor ") + url: dataclasses.asdict(h)
+                         for url, h in stats.hosts.items()},
              timeline=timeline(records), failed_examples=[r for r in records if r["outcome"] != "ok"][:10])
     prop("hosts: one of two servers killed and restarted under load, no failed call", s["failed"] == 0,
          f"{s['failed']} of {s['calls']} ({s['reasons']})", "0 fallbacks, 0 errors")

@@ -52,11 +52,12 @@ def serve(export: Path, workdir: Path) -> int:
     print(f"""
 TorchServe is up (launcher pid {ts.proc.pid}), model seqrec {json.loads((export / 'metadata.json').read_text())['model_version']}.
 
-  curl -s -H "Authorization: Bearer {ts.key}" -H 'Content-Type: application/json' \\
+  KEY=$(python3 -c 'import json; print(json.load(open("{ts.key_file}"))["inference"]["key"])')
+  curl -s -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
        -d '{body}' {ts.base_url}/predictions/seqrec
 
-  keys:    {ts.key_file}   (management key for {ts.management_url}; both are rotated every
-           30 min by ops/rotate_keys.py, pid {rotator.pid}, log {ts.dir / 'logs' / 'rotate_keys.log'})
+  keys:    {ts.key_file}   (management key for {ts.management_url}; both are rotated at half
+           their lifetime by ops/rotate_keys.py, pid {rotator.pid}, log {ts.dir / 'logs' / 'rotate_keys.log'})
   metrics: curl -s {ts.metrics_url}/metrics
   logs:    {ts.dir / 'logs'}/
   stop:    make stop     (or .venv/bin/python devtools/serve.py --stop)""")

@@ -4,7 +4,9 @@
 Round-robin over the healthy hosts. A host that fails the way a dead or drained server fails
 (connection error, 503/504, TorchServe's "Worker died.") leaves the rotation for a cooldown that
 doubles with each failure in a row (``Cooldown``), then gets one real request as its probe: an
-answer puts it back, another failure sends it out for longer. No host is ever excluded for good:
+answer puts it back, another failure sends it out for longer, and a probe that gets no answer in
+time (a restarted server queues requests while its workers load) is retried on another host. A
+refused key is not an answer: the key is re-read and the probe goes on. No host is ever excluded for good:
 when all are down they are still tried, soonest back first, so that the caller's fallback only
 serves when every host has failed this very call.
 
@@ -107,10 +109,15 @@ class HostPool:
                 best.probing = True
             return best
 
-    def report(self, host: Host, attempt: Attempt) -> Optional[str]:
+    def report(self, host: Host, attempt: Attempt, settled: bool = True) -> Optional[str]:
         """Count an attempt and update the host's state; "down" when this attempt took it out of
-        the rotation, "up" when it brought it back, else None (for the caller's log)."""
+        the rotation, "up" when it brought it back, else None (for the caller's log).
+        ``settled=False``: only counted; the call goes on on this host (a refused key, re-read),
+        so the host's state and a probe it holds are left to that next attempt."""
         with self._lock:
+            if not settled:
+                host.counts["requests"] += 1
+                return None
             was_probe, host.probing = host.probing, False
             host.counts["requests"] += 1
             if attempt is Attempt.OK:
@@ -130,6 +137,11 @@ class HostPool:
             host.down_until = now + self.cooldown.after(host.strikes)
             host.counts["marked_down"] += 1
             return "down"
+
+    def is_down(self, host: Host) -> bool:
+        """Out of the rotation now (cooling down or waiting for its probe)."""
+        with self._lock:
+            return host.down_until is not None
 
     def release(self, host: Host) -> None:
         """An attempt that ended without saying anything about the host (a bug on our side):

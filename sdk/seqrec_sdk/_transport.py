@@ -158,6 +158,15 @@ class Transport:
             except BaseException:  # not the host's doing (e.g. an unreadable key file)
                 pool.release(target)
                 raise
+            err = sent.error
+            if isinstance(err, AuthError) and target not in reloaded:
+                reloaded.add(target)
+                if self._reload(target, token_kind, sent.token):
+                    # The same host with the re-read key, no retry spent. The refusal came from
+                    # the frontend and says nothing about the model: a host being probed (a
+                    # restarted server has a new key) stays out until the retry answers.
+                    pool.report(target, sent.attempt, settled=False)
+                    continue
             change = pool.report(target, sent.attempt)
             if change == "down":
                 log.warning("seqrec: %s out of rotation for now: %s", target.url, sent.error)
@@ -165,13 +174,11 @@ class Transport:
                 log.info("seqrec: %s answers again, back in rotation", target.url)
             if sent.response is not None:
                 return sent.response, target
-            err = sent.error
             assert err is not None
-            if isinstance(err, AuthError) and target not in reloaded:
-                reloaded.add(target)
-                if self._reload(target, token_kind, sent.token):
-                    continue  # the same host, with the re-read key; no retry spent
-            if not sent.retry or attempt >= max_retries:
+            # A read timeout is not retried (the server may still be computing it), except from
+            # a host that is out of the rotation, e.g. a probe queued behind workers still loading.
+            retry = sent.retry or (sent.attempt is Attempt.NO_ANSWER and pool.is_down(target))
+            if not retry or attempt >= max_retries:
                 raise err from sent.cause
             tried.add(target)
             target = host or pool.pick(avoid=tried)

@@ -252,6 +252,32 @@ def test_restarted_host_gets_traffic_again_after_its_cooldown(servers, clock):
     assert stats.fallbacks == stats.errors == 0
 
 
+def test_restarted_host_with_a_new_key_stays_out_until_its_model_answers(servers, clock, tmp_path):
+    """A restarted TorchServe opens its port with a new key before its workers have loaded: the
+    probe's old key is refused (the frontend, not the model), the re-read key's request waits in
+    its queue. The host stays out, and that call is answered by the other host."""
+    a, b = servers(token="a1"), servers(token="b")
+    files = {a.url: _key_file(tmp_path / "a.json", "a1"), b.url: _key_file(tmp_path / "b.json", "b")}
+    client = Client([a.url, b.url], token_file=files, timeout=(1.0, 0.3), cooldown=Cooldown(base=1.0, max=4.0))
+    port = a.port
+    a.stop()
+    assert {client.recommend([1]).host for _ in range(3)} == {b.url}
+    again = servers(port=port, token="a2")
+    _key_file(tmp_path / "a.json", "a2")
+    refused = {"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed."}
+    again.script(Reply(400, refused), Reply(200, delay=1.0))  # the old key; then workers loading
+    clock.now += 1.0  # due: this call probes a
+    recs = client.recommend([1])
+    stats = client.stats
+    assert recs.host == b.url and not recs.fallback
+    assert stats.token_reloads == 1 and stats.hosts[a.url].down and stats.errors == stats.fallbacks == 0
+    assert [r.headers["authorization"] for r in predictions(again)] == ["Bearer a1", "Bearer a2"]
+    clock.now += 4.0  # loaded now: the next probe answers and a takes its turns again
+    assert Counter(client.recommend([1]).host for _ in range(4)) == {a.url: 2, b.url: 2}
+    assert not client.stats.hosts[a.url].down
+    client.close()
+
+
 def test_all_hosts_down_try_each_then_fall_back(sleeps, clock):
     d1, d2 = dead_urls(2)
     with Client([d1, d2], retries=2, fallback=[7, 8, 9]) as client:
