@@ -103,6 +103,7 @@ def run_sasrec(split: PeerSplit, cfg: Dict[str, Any], seed: int) -> Dict[str, An
             "max_epochs": cfg["max_epochs"], "patience": cfg["patience"],
             "early_stopping": "validation NDCG@10 (project evaluator) after each epoch; best epoch's weights kept",
             "epochs": fit["epochs"], "best_epoch": fit["best_epoch"],
+            "stopped_by_hand_after_epoch": fit["stopped_by_hand_after_epoch"],
             "best_valid_NDCG@10": round(fit["best_valid_NDCG@10"], 5),
             "fit_wall_seconds": round(fit["fit_wall_seconds"], 1),
             "train_seconds": round(fit["train_seconds"], 1), "seconds_to_best": round(fit["seconds_to_best"], 1),

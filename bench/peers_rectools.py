@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from typing import Any, Dict, List, Tuple
 
@@ -60,6 +61,11 @@ def sasrec_vectors(module, dataset, users: np.ndarray, n_items: int,
     return queries, rows, known, int(len(users) - len(pos))
 
 
+# A file whose existence stops training after the current epoch (the best epoch is still the one
+# evaluated): for ending a long run on a shared machine without losing it. peers.json records it.
+STOP_FILE = os.environ.get("SEQREC_PEERS_STOP_FILE", "")
+
+
 class ValidationStop(Callback):
     """A Lightning callback: after each epoch, validation NDCG@10 through the project's evaluator;
     keeps the best epoch's weights and stops after `patience` epochs without a better one."""
@@ -69,6 +75,7 @@ class ValidationStop(Callback):
         self.split, self.valid_dataset, self.patience = split, valid_dataset, patience
         self.curve: List[Dict[str, Any]] = []
         self.best, self.best_epoch, self.best_state = -1.0, 0, None
+        self.stopped_by_hand = None  # the epoch after which STOP_FILE was found
         self.train_seconds, self.seconds_to_best = 0.0, 0.0
         self._t0 = 0.0
 
@@ -98,6 +105,9 @@ class ValidationStop(Callback):
             self.best_state = copy.deepcopy(module.torch_model.state_dict())
         elif epoch - self.best_epoch >= self.patience:
             trainer.should_stop = True
+        if STOP_FILE and os.path.exists(STOP_FILE) and not trainer.should_stop:
+            self.stopped_by_hand, trainer.should_stop = epoch, True
+            log.warning("SASRec: %s exists: stopping after epoch %d (best %d)", STOP_FILE, epoch, self.best_epoch)
 
 
 def fit_sasrec(split: PeerSplit, hp: Dict[str, Any], patience: int, max_epochs: int, seed: int) -> Dict[str, Any]:
@@ -130,7 +140,8 @@ def fit_sasrec(split: PeerSplit, hp: Dict[str, Any], patience: int, max_epochs: 
     return {"per_case": per_case, "fit_wall_seconds": fit_wall, "predict_wall_seconds": predict_wall,
             "train_seconds": stop.train_seconds, "seconds_to_best": stop.seconds_to_best,
             "epochs": len(stop.curve), "best_epoch": stop.best_epoch, "best_valid_NDCG@10": stop.best,
-            "validation_curve": stop.curve, "events_per_epoch": sasrec_events_per_epoch(split, hp),
+            "validation_curve": stop.curve, "stopped_by_hand_after_epoch": stop.stopped_by_hand,
+            "events_per_epoch": sasrec_events_per_epoch(split, hp),
             "test_users_without_known_item": cold_users, "known_items": int(known.sum()),
             "model": model, "test_dataset": test_ds, "test_vectors": (q, rows, known)}
 
