@@ -1,9 +1,9 @@
 """The training loop: sampled (or full) softmax, periodic full-ranking validation, early stopping
 on NDCG@10, a checkpoint after every epoch, resume, fixed seed. Epochs and patience decide when it
 stops, so the same seed and data give the same epochs (max_train_seconds, off by default, is the
-one wall-clock rule). DDP-ready: under torchrun the loss
-module is wrapped in DistributedDataParallel and each rank takes its share of the batches (gloo:
-the sparse item-table gradient is all-reduced as a sparse tensor).
+one wall-clock rule). DDP-ready: under torchrun the loss module is wrapped in
+DistributedDataParallel and each rank takes its share of the batches (gloo: the sparse item-table
+gradient is all-reduced as a sparse tensor).
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
         hist = History(**ck["history"]); start_epoch = ck["epoch"] + 1
         log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
 
-    log_q = sampler.log_q if (cfg.negatives == "popularity" and cfg.logq and not sampler.full) else None
+    log_q = sampler.log_q if (cfg.negatives == "popularity" and cfg.logq) else None
     n = len(data)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
