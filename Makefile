@@ -95,6 +95,12 @@ bench-ab: setup
 bench-scale: setup
 	$(PY) -m bench.scale
 
+# Hyperparameter search on validation only (issue 13, item 3): optuna trials of the Beauty recipe ->
+# bench/results/search-amazon-beauty.json; the study resumes from artifacts/search/. TRIALS=20.
+.PHONY: bench-search
+bench-search: setup
+	$(PY) -m bench.search --config bench/configs/quality-amazon-beauty.json --trials $(or $(TRIALS),20)
+
 # Peers side by side (issue 13, item 4): RecTools' SASRec and implicit's ALS on the project's own
 # split, ranked by the project's evaluator -> bench/results/peers.json. In their own venv,
 # .venv-bench (bench/requirements-peers.txt), so the product's dependencies stay lean; torch first.

@@ -1,0 +1,154 @@
+"""Hyperparameter search for the LSTM recipe on validation only (optuna's TPE sampler, median
+pruning on the per-epoch validation NDCG@10).
+
+    python -m bench.search --config bench/configs/quality-amazon-beauty.json --trials 20
+    python -m bench.search --config ... --trials 10      # again: the study goes on where it stopped
+
+Each trial trains the config with its suggested values exactly as the first fit of
+`python -m train` does (all events but each user's last two, early stopping on the validation
+sample's NDCG@10) and is scored by its best validation NDCG@10. Test cases are never encoded,
+scored or read here: the test figure of a chosen recipe comes from bench/quality.py afterwards.
+The study lives in an SQLite file under artifacts/search/ (resumable across sessions); every
+trial, pruned ones included, is written to bench/results/search-<data>.json with the commit and
+load average, and the best trial's full config to --best-config if given.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import optuna
+import torch
+
+from bench.provenance import git_commit, load_average
+from train.config import TrainConfig, load_config
+from train.evaluate import evaluate_ranking, model_scorer, summarize
+from train.negatives import CandidateSampler
+from train.pipeline import Prepared, build_model, prepare
+from train.sequences import SequentialDataset, encode_cases
+from train.threads import resolve_threads
+from train.trainer import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC = "NDCG@10"
+
+
+def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
+    """The search space: the levers issue 13 names that a config holds (negatives, learning rate,
+    batch, capacity, dropout). Embedding size stays the base's (64, as the peers use)."""
+    model = dataclasses.replace(
+        base.model,
+        hidden_dim=trial.suggest_categorical("model.hidden_dim", [64, 128, 256]),
+        num_layers=trial.suggest_int("model.num_layers", 1, 2),
+        dropout=trial.suggest_float("model.dropout", 0.0, 0.5),
+    )
+    return dataclasses.replace(
+        base, model=model,
+        lr=trial.suggest_float("lr", 2e-4, 5e-3, log=True),
+        batch_size=trial.suggest_categorical("batch_size", [64, 128, 256]),
+        sample_size=trial.suggest_categorical("sample_size", [1024, 2048, 4096, 8192]),
+    )
+
+
+def train_on_validation(cfg: TrainConfig, prep: Prepared, report: Callable[[int, float], None]) -> Dict[str, Any]:
+    """The first fit of train.pipeline.run, without its test evaluation and export: the best
+    validation figures and the epochs. `report(epoch, ndcg)` after each validation (it may raise
+    optuna.TrialPruned)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, prep)
+    data = SequentialDataset(model, prep.cols, prep.split.train)
+    sampler = CandidateSampler(len(prep.index), cfg.sample_size, torch.as_tensor(prep.popularity), cfg.negatives)
+    valid = prep.split.valid.subset(cfg.max_eval_users, cfg.seed)
+    inputs, targets = encode_cases(model, prep.cols, valid), torch.as_tensor(valid.targets)
+    seen = []
+
+    def validate(m) -> Dict[str, float]:
+        with torch.no_grad():
+            out = summarize(evaluate_ranking(model_scorer(m), *inputs, targets, cfg.exclude_seen))
+        seen.append(out[METRIC])
+        report(len(seen), out[METRIC])
+        return out
+
+    hist = fit(model, data, cfg, sampler, validate, None)
+    return {"valid_" + METRIC: max(seen), "best_epoch": hist.best_epoch, "epochs": len(hist.epochs),
+            "train_seconds": round(hist.train_seconds, 1), "valid_curve": [round(x, 5) for x in seen]}
+
+
+def record(trial: optuna.trial.FrozenTrial) -> Dict[str, Any]:
+    return {"number": trial.number, "state": trial.state.name, "value": trial.value, "params": trial.params,
+            **trial.user_attrs}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="the base recipe (e.g. bench/configs/quality-amazon-beauty.json)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the base recipe")
+    ap.add_argument("--trials", type=int, default=20, help="trials to run now (added to the study's)")
+    ap.add_argument("--study", help="study name (default search-<data>)")
+    ap.add_argument("--storage", help="optuna storage URL (default sqlite under artifacts/search/)")
+    ap.add_argument("--out", type=Path, help="trials JSON (default bench/results/<study>.json)")
+    ap.add_argument("--best-config", type=Path, help="write the best trial's whole config here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    recipe = load_config(args.config, args.set)
+    # The search scores the first fit; a refit (bench/quality.py's second row) is not trained here.
+    base = dataclasses.replace(recipe, refit_on_validation=False)
+    name = args.study or f"search-{Path(base.data).name}"
+    storage = args.storage
+    if storage is None:
+        (ROOT / "artifacts" / "search").mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{ROOT / 'artifacts' / 'search' / (name + '.db')}"
+    out = args.out or ROOT / "bench" / "results" / f"{name}.json"
+    torch.set_num_threads(resolve_threads(base.num_threads))
+    started = {"commit": git_commit(["train", "model", "bench/search.py"]), "load_average": load_average(),
+               "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    prep = prepare(base)  # once: every trial trains on the same split and validation sample
+    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=base.seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3))
+
+    def objective(trial: optuna.Trial) -> float:
+        cfg = suggest(trial, base)
+        trial.set_user_attr("commit", started["commit"])
+
+        def report(epoch: int, value: float) -> None:
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        t0 = time.perf_counter()
+        try:
+            res = train_on_validation(cfg, prep, report)
+        finally:
+            trial.set_user_attr("wall_seconds", round(time.perf_counter() - t0, 1))
+        for k, v in res.items():
+            trial.set_user_attr(k, v)
+        return res["valid_" + METRIC]
+
+    study.optimize(objective, n_trials=args.trials)
+    trials = [record(t) for t in study.trials]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = study.best_trial if done else None
+    result = {"benchmark": "search", "study": name, "base_config": args.config, "overrides": args.set,
+              "objective": f"best validation {METRIC} of the early-stopped first fit (test never evaluated)",
+              "sampler": "TPE (seed = config seed)", "pruner": "median, after 3 trials and 3 validations",
+              "this_run": {**started, "load_average_end": load_average(), "trials_run": args.trials},
+              "best": record(best) if best else None, "trials": trials}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if best is not None and args.best_config:
+        cfg = suggest(optuna.trial.FixedTrial(best.params), recipe).to_dict()
+        args.best_config.write_text(json.dumps(cfg, indent=2) + "\n")
+    print(f"{len(trials)} trials ({len(done)} complete) in {name}; best validation {METRIC} "
+          f"{best.value if best else float('nan'):.4f} with {best.params if best else {}} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""bench/search.py on a small synthetic marketplace: trials are scored on validation only, the
+study resumes from its storage, and the best trial's config is a loadable recipe."""
+import json
+
+import pytest
+
+import bench.search as search  # noqa: E402
+from train.config import load_config
+
+pytestmark = pytest.mark.training
+
+
+def test_search_scores_validation_only_and_resumes(tmp_path, monkeypatch):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"data": "synthetic", "synthetic_users": 300, "synthetic_items": 200,
+                                "epochs": 2, "patience": 1, "refit_on_validation": True, "num_threads": 1}))
+    encoded = []
+    real_encode = search.encode_cases
+    monkeypatch.setattr(search, "encode_cases", lambda model, cols, cases: encoded.append(cases) or
+                        real_encode(model, cols, cases))
+    args = ["--config", str(base), "--storage", f"sqlite:///{tmp_path / 's.db'}", "--out", str(tmp_path / "t.json"),
+            "--best-config", str(tmp_path / "best.json"), "--trials", "2"]
+    assert search.main(args) == 0
+    assert search.main(args) == 0  # the same study: two more
+    out = json.loads((tmp_path / "t.json").read_text())
+    assert [t["number"] for t in out["trials"]] == [0, 1, 2, 3]
+    done = [t for t in out["trials"] if t["state"] == "COMPLETE"]
+    assert done and all(0 <= t["value"] <= 1 and t["valid_NDCG@10"] == t["value"] for t in done)
+    assert out["best"]["value"] == max(t["value"] for t in done)
+    prep = search.prepare(load_config(str(base), []))
+    assert len(encoded) == 4  # one validation sample a trial, never the test cases
+    assert all((c.targets == prep.split.valid.targets).all() for c in encoded)
+    best = load_config(str(tmp_path / "best.json"), [])
+    assert best.refit_on_validation  # the recipe as given, with the best trial's values
+    assert best.lr == pytest.approx(out["best"]["params"]["lr"])
+    assert best.model.hidden_dim == out["best"]["params"]["model.hidden_dim"]
