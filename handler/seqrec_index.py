@@ -15,6 +15,8 @@ needs nothing but the standard library.
 from __future__ import annotations
 
 import logging
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -77,6 +79,20 @@ def _faiss():
     return faiss
 
 
+@contextmanager
+def _build_threads():
+    """A build uses every core this process may run on, and then gives back the thread count it
+    found: faiss shares OpenMP's with torch, so a caller's torch.set_num_threads(1) (a benchmark, a
+    training process's share) had left a 2M-item HNSW build on one thread (~20 min here)."""
+    faiss = _faiss()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def _new_index(spec: IndexSpec, vectors: np.ndarray):
     faiss = _faiss()
     d = vectors.shape[1]
@@ -99,8 +115,9 @@ def build(spec: IndexSpec, vectors: np.ndarray, available: np.ndarray, path: Pat
     if spec.kind == "none" or not len(ids):
         return {"kind": "none"}
     x = np.ascontiguousarray(vectors[ids], dtype=np.float32)
-    index = _new_index(spec, x)
-    index.add_with_ids(x, ids.astype(np.int64))
+    with _build_threads():
+        index = _new_index(spec, x)
+        index.add_with_ids(x, ids.astype(np.int64))
     _faiss().write_index(index, str(path))
     log.info("index: %s %s over %d items -> %s", spec.kind, spec.knobs, len(ids), path)
     return {"kind": spec.kind, **spec.knobs, "entries": int(index.ntotal), "live": int(len(ids))}
@@ -127,7 +144,8 @@ def update(info: Dict[str, Any], src: Path, out: Path, vectors: np.ndarray, avai
     faiss = _faiss()
     index = faiss.read_index(str(src / INDEX_FILE))
     if len(fresh):
-        index.add_with_ids(np.ascontiguousarray(vectors[fresh], dtype=np.float32), fresh)
+        with _build_threads():
+            index.add_with_ids(np.ascontiguousarray(vectors[fresh], dtype=np.float32), fresh)
     faiss.write_index(index, str(out / INDEX_FILE))
     log.info("index: %d entries added (%d live of %d)", len(fresh), live, index.ntotal)
     return {**spec.knobs, "kind": kind, "entries": int(index.ntotal), "live": live, "rebuilt": False}
