@@ -82,6 +82,8 @@ def phase_keys(store: Path, models: Sequence[str], work: Path, bodies: List[dict
                 "token_expiration_min": str(lifetime_min)}
     ts = LocalTorchServe(store, models, workdir=work / "keys_server", ports=ports[:3], settings=settings,
                          env=env if env is not None else {"SEQREC_THREADS": "1"}).start()
+    log_path = ts.dir / "logs" / "rotate_keys.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0  # the log is appended to: this run's part
     rotator = key_rotator.start(ts)  # before the wait: the workers may load for longer than a key lives
     try:
         ts.wait_ready(["/predictions/seqrec"], timeout=300, body=bodies[0])
@@ -98,7 +100,9 @@ def phase_keys(store: Path, models: Sequence[str], work: Path, bodies: List[dict
     finally:
         code = key_rotator.stop(rotator)
         ts.stop()
-    log = (ts.dir / "logs" / "rotate_keys.log").read_text(errors="replace")
+    with open(log_path, "rb") as f:
+        f.seek(offset)
+        log = f.read().decode("utf-8", "replace")
     rotations = log.count("rotated the inference and management keys")
     # Tries before the first rotation met a server still starting (no key file, port closed).
     first = log.find("rotated the inference and management keys")
