@@ -8,7 +8,7 @@ Each trial trains the config with its suggested values exactly as the first fit 
 `python -m train` does (all events but each user's last two, early stopping on the validation
 sample's NDCG@10) and is scored by its best validation NDCG@10. Test cases are never encoded,
 scored or read here: the test figure of a chosen recipe comes from bench/quality.py afterwards.
-The study lives in an SQLite file under artifacts/search/ (resumable across sessions); every
+A new study's first trial is the recipe as given. The study lives in an SQLite file under artifacts/search/ (resumable across sessions); every
 trial, pruned ones included, is written to bench/results/search-<data>.json with the commit and
 load average, and the best trial's full config to --best-config if given.
 """
@@ -54,6 +54,13 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
         batch_size=trial.suggest_categorical("batch_size", [64, 128, 256]),
         sample_size=trial.suggest_categorical("sample_size", [1024, 2048, 4096, 8192]),
     )
+
+
+def base_params(cfg: TrainConfig) -> Dict[str, Any]:
+    """The recipe's own values of the searched parameters (the first trial of a new study)."""
+    return {"model.hidden_dim": cfg.model.hidden_dim, "model.num_layers": cfg.model.num_layers,
+            "model.dropout": cfg.model.dropout, "lr": cfg.lr, "batch_size": cfg.batch_size,
+            "sample_size": cfg.sample_size}
 
 
 def train_on_validation(cfg: TrainConfig, prep: Prepared, report: Callable[[int, float], None]) -> Dict[str, Any]:
@@ -113,6 +120,9 @@ def main(argv=None) -> int:
                                 sampler=optuna.samplers.TPESampler(seed=base.seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3))
 
+    if not study.trials:  # a new study starts from the recipe as committed: its best is never worse
+        study.enqueue_trial(base_params(base))
+
     def objective(trial: optuna.Trial) -> float:
         cfg = suggest(trial, base)
         trial.set_user_attr("commit", started["commit"])
@@ -131,20 +141,27 @@ def main(argv=None) -> int:
             trial.set_user_attr(k, v)
         return res["valid_" + METRIC]
 
-    study.optimize(objective, n_trials=args.trials)
-    trials = [record(t) for t in study.trials]
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    def write(*_) -> None:  # after every trial: a search stopped midway keeps what it measured
+        trials = [record(t) for t in study.trials]
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        best = study.best_trial if done else None
+        result = {"benchmark": "search", "study": name, "base_config": args.config, "overrides": args.set,
+                  "objective": f"best validation {METRIC} of the early-stopped first fit (test never evaluated)",
+                  "sampler": "TPE (seed = config seed); a new study's first trial is the recipe as given",
+                  "pruner": "median, after 3 trials and 3 validations",
+                  "this_run": {**started, "load_average_now": load_average(), "trials_asked": args.trials},
+                  "best": record(best) if best else None, "trials": trials}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        if best is not None and args.best_config:
+            cfg = suggest(optuna.trial.FixedTrial(best.params), recipe).to_dict()
+            args.best_config.write_text(json.dumps(cfg, indent=2) + "\n")
+
+    study.optimize(objective, n_trials=args.trials, callbacks=[write])
+    write()
+    trials = study.trials
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial if done else None
-    result = {"benchmark": "search", "study": name, "base_config": args.config, "overrides": args.set,
-              "objective": f"best validation {METRIC} of the early-stopped first fit (test never evaluated)",
-              "sampler": "TPE (seed = config seed)", "pruner": "median, after 3 trials and 3 validations",
-              "this_run": {**started, "load_average_end": load_average(), "trials_run": args.trials},
-              "best": record(best) if best else None, "trials": trials}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    if best is not None and args.best_config:
-        cfg = suggest(optuna.trial.FixedTrial(best.params), recipe).to_dict()
-        args.best_config.write_text(json.dumps(cfg, indent=2) + "\n")
     print(f"{len(trials)} trials ({len(done)} complete) in {name}; best validation {METRIC} "
           f"{best.value if best else float('nan'):.4f} with {best.params if best else {}} -> {out}")
     return 0

@@ -27,6 +27,8 @@ def test_search_scores_validation_only_and_resumes(tmp_path, monkeypatch):
     done = [t for t in out["trials"] if t["state"] == "COMPLETE"]
     assert done and all(0 <= t["value"] <= 1 and t["valid_NDCG@10"] == t["value"] for t in done)
     assert out["best"]["value"] == max(t["value"] for t in done)
+    first = out["trials"][0]["params"]  # a new study starts from the recipe as given
+    assert first == search.base_params(load_config(str(base), []))
     prep = search.prepare(load_config(str(base), []))
     assert len(encoded) == 4  # one validation sample a trial, never the test cases
     assert all((c.targets == prep.split.valid.targets).all() for c in encoded)
