@@ -19,6 +19,8 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
+import torch.distributed as dist  # noqa: E402 -- torch after quiet_openmp_waits()
+
 from .config import load_config  # noqa: E402
 from .errors import UserError, cli_error  # noqa: E402
 from .pipeline import run  # noqa: E402
@@ -51,6 +53,12 @@ def main(argv=None) -> int:
         summary = run(cfg, args.out, resume=not args.fresh)
     except UserError as e:  # a mistake in what was asked: one line; anything else is a bug
         return cli_error(ap.prog, e)
+    finally:
+        # Under torchrun: leave the process group before the interpreter exits. A rank that
+        # exited with gloo's threads still running aborted at times ("terminate called without
+        # an active exception", SIGABRT) while rank 0 was still exporting.
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     if not summary:  # a non-zero torchrun rank: rank 0 reports
         return 0
     print("\n" + "\n".join(closing_lines(summary, args.out)))
