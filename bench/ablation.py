@@ -36,7 +36,7 @@ from train.config import TrainConfig
 from train.datasets import data_dir
 from train.evaluate import evaluate_ranking, model_scorer
 from train.pipeline import prepare, run
-from train.sequences import encode_cases
+from train.sequences import encode_cases, seen_items
 
 log = logging.getLogger("ablation")
 METRICS = ("HR@10", "NDCG@10")
@@ -51,7 +51,8 @@ def per_user_test(cfg: TrainConfig, export_dir: Path) -> Dict[str, np.ndarray]:
     items, feats, lengths = encode_cases(model, prep.cols, prep.split.test)
     with torch.no_grad():
         return evaluate_ranking(model_scorer(model), items, feats, lengths,
-                                torch.as_tensor(prep.split.test.targets), cfg.exclude_seen)
+                                torch.as_tensor(prep.split.test.targets), cfg.exclude_seen,
+                                seen=seen_items(prep.cols, prep.split.test))
 
 
 def boot_mean(x: np.ndarray, seed: int, n_boot: int = 1000) -> Dict[str, Any]:

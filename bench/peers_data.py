@@ -30,7 +30,7 @@ import torch
 from train.config import TrainConfig
 from train.evaluate import Scorer, evaluate_ranking, metrics_from_ranks, popularity_scorer
 from train.pipeline import Prepared, prepare
-from train.sequences import encode_cases
+from train.sequences import SeenItems, encode_cases, seen_items
 from train.split import Cases, RowRanges
 
 
@@ -41,6 +41,7 @@ class EvalCases:
     items: torch.Tensor    # (B, T) int64, the last T history items, 0-padded as SequenceModel.pad does
     lengths: torch.Tensor  # (B,)
     targets: torch.Tensor  # (B,)
+    seen: SeenItems        # each case's whole history: what exclude_seen removes
 
     @property
     def users(self) -> np.ndarray:
@@ -56,7 +57,8 @@ def eval_cases(prep: Prepared, cases: Cases, history_length: int) -> EvalCases:
     shape = SimpleNamespace(total_length=history_length, num_features=0, use_time=False,
                             use_event_type=False, use_source=False, use_strength=False)
     items, _, lengths = encode_cases(shape, prep.cols, cases)
-    return EvalCases(cases, items, lengths, torch.as_tensor(cases.targets, dtype=torch.long))
+    return EvalCases(cases, items, lengths, torch.as_tensor(cases.targets, dtype=torch.long),
+                     seen_items(prep.cols, cases))
 
 
 @dataclass
@@ -119,13 +121,15 @@ def evaluate_factors(queries: np.ndarray, rows: np.ndarray, ev: EvalCases,
     case_no = torch.arange(len(ev)).view(-1, 1, 1)
     scorer = Scorer(r, lambda items, features, lengths: q[features[:, 0, 0]])
     scorable = None if known is None else torch.as_tensor(known, dtype=torch.bool)
-    return evaluate_ranking(scorer, ev.items, case_no, ev.lengths, ev.targets, exclude_seen, scorable=scorable)
+    return evaluate_ranking(scorer, ev.items, case_no, ev.lengths, ev.targets, exclude_seen, scorable=scorable,
+                            seen=ev.seen)
 
 
 def evaluate_popularity(split: PeerSplit, ev: EvalCases) -> Dict[str, np.ndarray]:
     """The project's popularity baseline (training counts) on the same cases: a sanity anchor."""
     no_features = torch.zeros(len(ev), 1, 1, dtype=torch.long)
-    return evaluate_ranking(popularity_scorer(split.prep.popularity), ev.items, no_features, ev.lengths, ev.targets)
+    return evaluate_ranking(popularity_scorer(split.prep.popularity), ev.items, no_features, ev.lengths, ev.targets,
+                            seen=ev.seen)
 
 
 def ranks_from_topk(topk: Sequence[Sequence[int]], targets: np.ndarray, n_items: int) -> np.ndarray:

@@ -31,7 +31,7 @@ from train.config import TrainConfig, load_config
 from train.evaluate import evaluate_ranking, model_scorer, summarize
 from train.negatives import CandidateSampler
 from train.pipeline import Prepared, build_model, prepare
-from train.sequences import SequentialDataset, encode_cases
+from train.sequences import SequentialDataset, encode_cases, seen_items
 from train.threads import resolve_threads
 from train.trainer import fit
 
@@ -41,12 +41,14 @@ METRIC = "NDCG@10"
 
 def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     """The search space: the levers issue 13 names that a config holds (negatives, learning rate,
-    batch, capacity, dropout). Embedding size stays the base's (64, as the peers use)."""
+    batch, capacity, dropout, the initial temperature |w|)."""
     model = dataclasses.replace(
         base.model,
+        embedding_dim=trial.suggest_categorical("model.embedding_dim", [64, 128]),
         hidden_dim=trial.suggest_categorical("model.hidden_dim", [64, 128, 256]),
         num_layers=trial.suggest_int("model.num_layers", 1, 2),
-        dropout=trial.suggest_float("model.dropout", 0.0, 0.5),
+        dropout=trial.suggest_float("model.dropout", 0.0, 0.6),
+        init_scale=trial.suggest_float("model.init_scale", 5.0, 40.0, log=True),
     )
     return dataclasses.replace(
         base, model=model,
@@ -58,7 +60,8 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
 
 def base_params(cfg: TrainConfig) -> Dict[str, Any]:
     """The recipe's own values of the searched parameters (the first trial of a new study)."""
-    return {"model.hidden_dim": cfg.model.hidden_dim, "model.num_layers": cfg.model.num_layers,
+    return {"model.embedding_dim": cfg.model.embedding_dim, "model.init_scale": cfg.model.init_scale,
+            "model.hidden_dim": cfg.model.hidden_dim, "model.num_layers": cfg.model.num_layers,
             "model.dropout": cfg.model.dropout, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "sample_size": cfg.sample_size}
 
@@ -73,11 +76,12 @@ def train_on_validation(cfg: TrainConfig, prep: Prepared, report: Callable[[int,
     sampler = CandidateSampler(len(prep.index), cfg.sample_size, torch.as_tensor(prep.popularity), cfg.negatives)
     valid = prep.split.valid.subset(cfg.max_eval_users, cfg.seed)
     inputs, targets = encode_cases(model, prep.cols, valid), torch.as_tensor(valid.targets)
+    seen_valid = seen_items(prep.cols, valid)
     seen = []
 
     def validate(m) -> Dict[str, float]:
         with torch.no_grad():
-            out = summarize(evaluate_ranking(model_scorer(m), *inputs, targets, cfg.exclude_seen))
+            out = summarize(evaluate_ranking(model_scorer(m), *inputs, targets, cfg.exclude_seen, seen=seen_valid))
         seen.append(out[METRIC])
         report(len(seen), out[METRIC])
         return out
@@ -85,6 +89,17 @@ def train_on_validation(cfg: TrainConfig, prep: Prepared, report: Callable[[int,
     hist = fit(model, data, cfg, sampler, validate, None)
     return {"valid_" + METRIC: max(seen), "best_epoch": hist.best_epoch, "epochs": len(hist.epochs),
             "train_seconds": round(hist.train_seconds, 1), "valid_curve": [round(x, 5) for x in seen]}
+
+
+def _parse_picked(spec: str) -> Dict[str, Any]:
+    """'model.dropout=0.5,sample_size=8192' -> {"model.dropout": 0.5, "sample_size": 8192}."""
+    out: Dict[str, Any] = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--enqueue: expected KEY=VALUE[,KEY=VALUE], got {spec!r}")
+        out[key.strip()] = json.loads(value)
+    return out
 
 
 def record(trial: optuna.trial.FrozenTrial) -> Dict[str, Any]:
@@ -100,6 +115,9 @@ def main(argv=None) -> int:
     ap.add_argument("--study", help="study name (default search-<data>)")
     ap.add_argument("--storage", help="optuna storage URL (default sqlite under artifacts/search/)")
     ap.add_argument("--out", type=Path, help="trials JSON (default bench/results/<study>.json)")
+    ap.add_argument("--enqueue", nargs="*", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="hand-picked trials to run before the sampler's: each the recipe with these "
+                         "searched values changed (e.g. model.dropout=0.5,sample_size=8192)")
     ap.add_argument("--best-config", type=Path, help="write the best trial's whole config here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -121,7 +139,9 @@ def main(argv=None) -> int:
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3))
 
     if not study.trials:  # a new study starts from the recipe as committed: its best is never worse
-        study.enqueue_trial(base_params(base))
+        study.enqueue_trial(base_params(base), user_attrs={"picked": "the recipe"})
+    for spec in args.enqueue:
+        study.enqueue_trial({**base_params(base), **_parse_picked(spec)}, user_attrs={"picked": spec})
 
     def objective(trial: optuna.Trial) -> float:
         cfg = suggest(trial, base)
@@ -129,7 +149,8 @@ def main(argv=None) -> int:
 
         def report(epoch: int, value: float) -> None:
             trial.report(value, epoch)
-            if trial.should_prune():
+            # Hand-picked trials run to the end: a slower start (more dropout) is not a worse finish.
+            if "picked" not in trial.user_attrs and trial.should_prune():
                 raise optuna.TrialPruned()
 
         t0 = time.perf_counter()
@@ -147,7 +168,7 @@ def main(argv=None) -> int:
         best = study.best_trial if done else None
         result = {"benchmark": "search", "study": name, "base_config": args.config, "overrides": args.set,
                   "objective": f"best validation {METRIC} of the early-stopped first fit (test never evaluated)",
-                  "sampler": "TPE (seed = config seed); a new study's first trial is the recipe as given",
+                  "sampler": "TPE (seed = config seed); a new study's first trial is the recipe as given, then the --enqueue trials (user attr 'picked')",
                   "pruner": "median, after 3 trials and 3 validations",
                   "this_run": {**started, "load_average_now": load_average(), "trials_asked": args.trials},
                   "best": record(best) if best else None, "trials": trials}

@@ -1,6 +1,7 @@
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -9,6 +10,8 @@ from train.config import TrainConfig
 from train.evaluate import (chunked_ranks, evaluate_ranking, fixed_scorer, metrics_from_ranks, model_scorer,
                             popularity_scorer, summarize, target_ranks)
 from train.pipeline import prepare, sample_test_cases
+from train.sequences import EventColumns, encode_cases, seen_items
+from train.split import Cases, RowRanges
 
 
 def test_ties_count_against_the_target():
@@ -142,3 +145,22 @@ def test_fixed_scores_keep_every_value_exactly():
         ranks = chunked_ranks(s.query(items, None, None), s.rows, targets, items, chunk_rows=2)
         want = target_ranks(torch.as_tensor(values, dtype=torch.float64).expand(2, -1), targets, items)
         assert torch.equal(ranks, want) and ranks[0] != ranks[1]  # 2^24 + 1 and 2^24 stay apart
+
+
+def test_seen_removes_the_whole_history_not_only_the_model_window():
+    """The anchors remove every item a user has seen: with `seen`, an item older than the model's
+    total_length window is removed too; without it only the window is."""
+    model = SequenceModel(ModelConfig(num_items=5, embedding_dim=4, hidden_dim=4, total_length=2)).eval()
+    # One user, history 4, 1, 2 (item 4 is outside the window of 2); fixed scores put item 4 first.
+    cols = EventColumns(pd.DataFrame({"item_idx": [4, 1, 2], "timestamp": [1.0, 2.0, 3.0]}))
+    cases = Cases(RowRanges(np.array([0]), np.array([3])), np.array([3]), np.array([0.0]), np.array([7]))
+    items, feats, lengths = encode_cases(model, cols, cases)
+    assert items.tolist() == [[1, 2]]
+    scorer = fixed_scorer(np.r_[0.0, 0.9, 0.8, 0.5, 0.95, 0.1])
+    target = torch.tensor([3])
+    window = evaluate_ranking(scorer, items, feats, lengths, target)
+    whole = evaluate_ranking(scorer, items, feats, lengths, target, seen=seen_items(cols, cases))
+    assert window["HR@1"].tolist() == [0] and whole["HR@1"].tolist() == [1]
+    with pytest.raises(ValueError, match="seen has 1 cases"):
+        evaluate_ranking(scorer, torch.cat([items, items]), feats.expand(2, -1, -1), lengths.repeat(2),
+                         target.repeat(2), seen=seen_items(cols, cases))

@@ -80,13 +80,14 @@ def test_evaluate_factors_is_the_project_evaluator(tiny):
     rows[7] = rows[3]  # a tie: counts against the target
     per = evaluate_factors(q, rows, ev)
     scores = torch.as_tensor(q) @ torch.as_tensor(rows).T
-    expected = metrics_from_ranks(target_ranks(scores, ev.targets, ev.items).numpy())
+    whole = ev.seen.batch(slice(None))  # every history item is removed, not only the last 50
+    expected = metrics_from_ranks(target_ranks(scores, ev.targets, whole).numpy())
     for k in expected:
         np.testing.assert_array_equal(per[k], expected[k])
     known = np.ones(N_ITEMS + 1, dtype=bool)
     known[[0, 5, int(ev.targets[0])]] = False  # items the peer has no vector for
     per = evaluate_factors(q, rows, ev, known)
-    ref = reference_ranks(scores.numpy(), ev.targets.numpy(), ev.items.numpy(), known)
+    ref = reference_ranks(scores.numpy(), ev.targets.numpy(), whole.numpy(), known)
     expected = metrics_from_ranks(ref)
     for k in expected:
         np.testing.assert_array_equal(per[k], expected[k])
@@ -106,7 +107,7 @@ def test_topk_lists_rank_as_the_evaluator(tiny):
     rows = rng.normal(size=(N_ITEMS + 1, 4)).astype(np.float32)
     scores = q @ rows.T
     topk = []
-    for s, h in zip(scores, ev.items.numpy()):
+    for s, h in zip(scores, ev.seen.batch(slice(None)).numpy()):  # the whole history filtered
         s = s.copy()
         s[0] = -np.inf
         s[h] = -np.inf

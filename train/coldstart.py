@@ -29,7 +29,7 @@ from model import ModelConfig, SequenceModel
 
 from .content import encode_content
 from .evaluate import evaluate_ranking, fixed_scorer, model_scorer, summarize
-from .sequences import EventColumns, encode_cases
+from .sequences import EventColumns, encode_cases, seen_items
 from .split import Cases, RowRanges, user_offsets
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,9 @@ def evaluate_cold_start(model: SequenceModel, mc: ModelConfig, index: ItemIndex,
     every = every.assign(item_idx=ext.encode(every["item_id"]))
     first_cold = len(index) + 1
     cases = _cases(every, first_cold)
-    items_t, feats, lengths = encode_cases(model, EventColumns(every), cases)
+    cols = EventColumns(every)
+    items_t, feats, lengths = encode_cases(model, cols, cases)
+    seen = seen_items(cols, cases)
     targets = torch.as_tensor(cases.targets)
     rows = len(ext) + 1
     pop = np.zeros(rows); pop[:len(popularity)] = popularity
@@ -118,7 +120,7 @@ def evaluate_cold_start(model: SequenceModel, mc: ModelConfig, index: ItemIndex,
     with torch.no_grad():
         for name, scorable in (("full_catalogue", None), ("held_out_only", cold_only)):
             out[name] = {k: summarize(evaluate_ranking(s, items_t, feats, lengths, targets, exclude_seen,
-                                                       scorable=scorable), ci=True, seed=seed)
+                                                       scorable=scorable, seen=seen), ci=True, seed=seed)
                          for k, s in scorers.items() if not (k == "content_popularity" and name == "full_catalogue")}
     m = out["held_out_only"]
     log.info("cold start: %d held-out items, %d cases; held-out-only HR@10 model %.4f, content popularity "

@@ -1,7 +1,8 @@
 """Full-ranking evaluation: every item in the catalogue is ranked (never sampled negatives).
 
 One evaluator for the model and every baseline. Items in the user's history are removed from the
-ranking by default; a tie counts against the target (rank = number of other items scoring at
+ranking by default (the whole history when the caller passes `seen`, as the anchors do; else the
+padded model input, its last total_length events); a tie counts against the target (rank = number of other items scoring at
 least as high), as in GRU4Rec's conservative evaluation. A target that is itself in the history
 is removed with it (exclude_seen): rank = number of items, never a hit.
 
@@ -119,14 +120,18 @@ def summarize(per_case: Dict[str, np.ndarray], ci: bool = False, seed: int = 0, 
 @torch.no_grad()
 def evaluate_ranking(scorer: Scorer, items: Tensor, features: Tensor, lengths: Tensor, targets: Tensor,
                      exclude_seen: bool = True, batch_size: int = 512, scorable: Optional[Tensor] = None,
-                     chunk_rows: int = EVAL_CHUNK_ROWS) -> Dict[str, np.ndarray]:
-    """Per-case metrics of the full ranking; items/features/lengths: padded histories (B, T, ...)."""
+                     chunk_rows: int = EVAL_CHUNK_ROWS, seen=None) -> Dict[str, np.ndarray]:
+    """Per-case metrics of the full ranking; items/features/lengths: padded histories (B, T, ...).
+    seen: train.sequences.SeenItems of the same cases, the items exclude_seen removes (default: `items`)."""
+    if seen is not None and len(seen) != items.size(0):
+        raise ValueError(f"seen has {len(seen)} cases, items {items.size(0)}")
     ranks: List[Tensor] = []
     n, t0, last = items.size(0), time.perf_counter(), time.perf_counter()
     for s in range(0, n, batch_size):
         sl = slice(s, s + batch_size)
         queries = scorer.query(items[sl], features[sl], lengths[sl])
-        ranks.append(chunked_ranks(queries, scorer.rows, targets[sl], items[sl], exclude_seen, scorable, chunk_rows))
+        removed = items[sl] if seen is None else seen.batch(sl)
+        ranks.append(chunked_ranks(queries, scorer.rows, targets[sl], removed, exclude_seen, scorable, chunk_rows))
         if time.perf_counter() - last > LOG_EVERY_S:  # a long evaluation shows progress in a log
             last = time.perf_counter()
             done = min(s + batch_size, n)

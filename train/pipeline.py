@@ -36,7 +36,7 @@ from .export import export_model
 from .negatives import CandidateSampler
 from .pretrained import load_item_vectors, svd_item_vectors
 from .report import PhaseClock, fit_record, plot_history, run_totals
-from .sequences import EventColumns, SequentialDataset, encode_cases
+from .sequences import EventColumns, SequentialDataset, encode_cases, seen_items
 from .split import Cases, Split, leave_one_out, temporal_split
 from .threads import resolve_threads
 from .trainer import fit
@@ -195,11 +195,12 @@ def build_model(cfg: TrainConfig, prep: Prepared) -> SequenceModel:
 
 def _evaluate(model: SequenceModel, prep: Prepared, cases: Cases, cfg: TrainConfig, ci: bool) -> Dict[str, Any]:
     items, feats, lengths = encode_cases(model, prep.cols, cases)
-    targets = torch.as_tensor(cases.targets)
+    targets, seen = torch.as_tensor(cases.targets), seen_items(prep.cols, cases)
     model.eval()
     with torch.no_grad():
-        m = evaluate_ranking(model_scorer(model), items, feats, lengths, targets, cfg.exclude_seen)
-    p = evaluate_ranking(popularity_scorer(prep.popularity), items, feats, lengths, targets, cfg.exclude_seen)
+        m = evaluate_ranking(model_scorer(model), items, feats, lengths, targets, cfg.exclude_seen, seen=seen)
+    p = evaluate_ranking(popularity_scorer(prep.popularity), items, feats, lengths, targets, cfg.exclude_seen,
+                         seen=seen)
     return {"model": summarize(m, ci=ci, seed=cfg.seed), "popularity": summarize(p, ci=ci, seed=cfg.seed)}
 
 
@@ -263,12 +264,12 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     sampler = CandidateSampler(len(prep.index), cfg.sample_size, torch.as_tensor(prep.popularity), cfg.negatives)
     valid_cases = prep.split.valid.subset(cfg.max_eval_users, cfg.seed)
     valid_inputs = encode_cases(model, prep.cols, valid_cases)
-    valid_targets = torch.as_tensor(valid_cases.targets)
+    valid_targets, valid_seen = torch.as_tensor(valid_cases.targets), seen_items(prep.cols, valid_cases)
     clock.lap("windows")
 
     def validate(m: SequenceModel) -> Dict[str, float]:
         with torch.no_grad():
-            per = evaluate_ranking(model_scorer(m), *valid_inputs, valid_targets, cfg.exclude_seen)
+            per = evaluate_ranking(model_scorer(m), *valid_inputs, valid_targets, cfg.exclude_seen, seen=valid_seen)
         return summarize(per)
 
     checkpoint = work / "checkpoint.pt"

@@ -77,6 +77,27 @@ def uses_features(model: SequenceModel) -> bool:
     return bool(model.use_time or model.use_event_type or model.use_source or model.use_strength)
 
 
+class SeenItems:
+    """Each case's whole history, not only the last total_length events the model reads: what a
+    full-ranking evaluation removes with exclude_seen (the anchors remove a user's full history).
+    Gathered one batch at a time, so a million long histories never sit in one padded array."""
+
+    def __init__(self, items: np.ndarray, ranges: RowRanges):
+        self.items, self.starts, self.stops = items, ranges.starts, ranges.stops
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batch(self, sl: slice) -> Tensor:
+        """(b, longest history in the batch) item indices, padded with 0."""
+        s, n = self.starts[sl], self.stops[sl] - self.starts[sl]
+        return torch.from_numpy(_gather(self.items, s, n, int(n.max()) if len(n) else 0, np.int64))
+
+
+def seen_items(cols: EventColumns, cases: Cases) -> SeenItems:
+    return SeenItems(cols.items, cases.histories)
+
+
 def _gather(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int, dtype) -> np.ndarray:
     """(B, width) array: row i = values[starts[i]:starts[i] + lengths[i]], then 0 (lengths <= width)."""
     out = np.zeros((len(starts), width), dtype=dtype)
