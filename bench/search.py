@@ -41,7 +41,7 @@ METRIC = "NDCG@10"
 
 def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     """The search space: the levers issue 13 names that a config holds (negatives, learning rate,
-    batch, capacity, dropout, the initial temperature |w|)."""
+    batch, capacity, dropout, the initial temperature |w|, uniform or popularity negatives with logQ)."""
     model = dataclasses.replace(
         base.model,
         embedding_dim=trial.suggest_categorical("model.embedding_dim", [64, 128]),
@@ -55,6 +55,7 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
         lr=trial.suggest_float("lr", 2e-4, 5e-3, log=True),
         batch_size=trial.suggest_categorical("batch_size", [64, 128, 256]),
         sample_size=trial.suggest_categorical("sample_size", [1024, 2048, 4096, 8192]),
+        negatives=trial.suggest_categorical("negatives", ["uniform", "popularity"]),
     )
 
 
@@ -63,7 +64,7 @@ def base_params(cfg: TrainConfig) -> Dict[str, Any]:
     return {"model.embedding_dim": cfg.model.embedding_dim, "model.init_scale": cfg.model.init_scale,
             "model.hidden_dim": cfg.model.hidden_dim, "model.num_layers": cfg.model.num_layers,
             "model.dropout": cfg.model.dropout, "lr": cfg.lr, "batch_size": cfg.batch_size,
-            "sample_size": cfg.sample_size}
+            "sample_size": cfg.sample_size, "negatives": cfg.negatives}
 
 
 def train_on_validation(cfg: TrainConfig, prep: Prepared, report: Callable[[int, float], None]) -> Dict[str, Any]:
@@ -121,6 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--best-config", type=Path, help="write the best trial's whole config here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    picked = [(spec, _parse_picked(spec)) for spec in args.enqueue]  # a typo fails before any work
     recipe = load_config(args.config, args.set)
     # The search scores the first fit; a refit (bench/quality.py's second row) is not trained here.
     base = dataclasses.replace(recipe, refit_on_validation=False)
@@ -140,8 +142,8 @@ def main(argv=None) -> int:
 
     if not study.trials:  # a new study starts from the recipe as committed: its best is never worse
         study.enqueue_trial(base_params(base), user_attrs={"picked": "the recipe"})
-    for spec in args.enqueue:
-        study.enqueue_trial({**base_params(base), **_parse_picked(spec)}, user_attrs={"picked": spec})
+    for spec, values in picked:
+        study.enqueue_trial({**base_params(base), **values}, user_attrs={"picked": spec})
 
     def objective(trial: optuna.Trial) -> float:
         cfg = suggest(trial, base)
@@ -175,7 +177,8 @@ def main(argv=None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         if best is not None and args.best_config:
-            cfg = suggest(optuna.trial.FixedTrial(best.params), recipe).to_dict()
+            # The recipe's value for a parameter the space gained after the best trial ran.
+            cfg = suggest(optuna.trial.FixedTrial({**base_params(recipe), **best.params}), recipe).to_dict()
             args.best_config.write_text(json.dumps(cfg, indent=2) + "\n")
 
     study.optimize(objective, n_trials=args.trials, callbacks=[write])

@@ -36,3 +36,18 @@ def test_search_scores_validation_only_and_resumes(tmp_path, monkeypatch):
     assert best.refit_on_validation  # the recipe as given, with the best trial's values
     assert best.lr == pytest.approx(out["best"]["params"]["lr"])
     assert best.model.hidden_dim == out["best"]["params"]["model.hidden_dim"]
+
+
+def test_enqueued_trials_run_as_picked(tmp_path):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"data": "synthetic", "synthetic_users": 200, "synthetic_items": 150,
+                                "epochs": 1, "num_threads": 1}))
+    args = ["--config", str(base), "--storage", f"sqlite:///{tmp_path / 's.db'}", "--out", str(tmp_path / "t.json"),
+            "--trials", "2", "--enqueue", "model.dropout=0.5,negatives=\"popularity\""]
+    assert search.main(args) == 0
+    first, picked = json.loads((tmp_path / "t.json").read_text())["trials"]
+    assert first["picked"] == "the recipe"
+    assert picked["picked"] == 'model.dropout=0.5,negatives="popularity"'
+    assert picked["params"] == {**first["params"], "model.dropout": 0.5, "negatives": "popularity"}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        search.main(args[:-1] + ["dropout"])

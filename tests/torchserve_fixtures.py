@@ -4,12 +4,14 @@ a tiny trained export and one server with two versions of it.
 A uniquely named module, not a conftest: importable from any test folder (tests/ is on sys.path
 through tests/conftest.py). The server itself is devtools/local_server.py.
 """
+import atexit
 import shutil
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence, Tuple
+from typing import Dict, Iterator, Sequence, Tuple
 
 import pytest
 
@@ -21,14 +23,26 @@ requires_java = pytest.mark.skipif(
     reason="java not on PATH: TorchServe's frontend needs Java 17 (`make test` installs openjdk-17-jre-headless)")
 
 
+_TRAINED: Dict[Tuple, Path] = {}  # one training per distinct export in a pytest run; each caller gets a copy
+
+
 def tiny_export(out: Path, version: str = "1.0", users: int = 300, items: int = 200,
                 overrides: Sequence[str] = ()) -> Path:
     """The training CLI on a small synthetic marketplace, one epoch: a real export, in seconds.
-    `overrides`: more `--set key=value`, e.g. model.use_time=true."""
+    `overrides`: more `--set key=value`, e.g. model.use_time=true. The same arguments a second time
+    in a run copy the first export (training is seeded: it would be the same files)."""
+    key = (version, users, items, tuple(overrides))
+    if key in _TRAINED and _TRAINED[key].is_dir():
+        shutil.copytree(_TRAINED[key], out)
+        return out
     cmd = [sys.executable, "-m", "train", "--data", "synthetic", "--out", str(out), "--epochs", "1",
            "--version", version, "--set", f"synthetic_users={users}", f"synthetic_items={items}", *overrides]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"training failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    keep = tempfile.mkdtemp(prefix="seqrec-tiny-export-")
+    atexit.register(shutil.rmtree, keep, True)
+    _TRAINED[key] = Path(keep) / "export"
+    shutil.copytree(out, _TRAINED[key])  # a pristine copy: a test may change its own export
     return out
 
 

@@ -3,8 +3,8 @@ version of bench/reliability.py's keys phase (there: keys living 60 s, >= 6 min 
 
     .venv/bin/python -m pytest -q tests/reliability/test_key_rotation.py
 
-Keys live 6 s here (token_expiration_min=0.1) and are rotated every 3 s, so over 30 s of calls the
-client's key is swapped about ten times while requests are in flight: every swap refuses the old
+Keys live 6 s here (token_expiration_min=0.1) and are rotated every 3 s, so over 15 s of calls the
+client's key is swapped about five times while requests are in flight: every swap refuses the old
 key at once, and TorchServe rewrites key_file.json in place just after.
 """
 import pandas as pd
@@ -27,9 +27,9 @@ def test_short_lived_keys_renewed_under_load_cost_no_call(tmp_path):
     ids = items.loc[items["available"], "item_id"].tolist()
     bodies = [{"history": ids[i:i + 5], "k": 5} for i in range(0, 50, 5)]
     out = phase_keys(tmp_path / "store", ["seqrec=seqrec.mar"], tmp_path, bodies, ids[:10],
-                     rate=20, seconds=30, lifetime_min=0.1)
+                     rate=20, seconds=15, lifetime_min=0.1)
     assert out["auth_errors"] == 0 and out["failed"] == 0, out["failed_examples"]
-    assert out["calls"] >= 400, out["calls"]
-    assert out["rotations"] >= 8 and out["rotation_failures"] == 0, out
-    assert out["token_reloads"] >= 3, out  # the client really met rotated keys
+    assert out["calls"] >= 200, out["calls"]
+    assert out["rotations"] >= 4 and out["rotation_failures"] == 0, out
+    assert out["token_reloads"] >= 2, out  # the client really met rotated keys
     assert out["first_key_refused_after"] and out["rotator_alive_until_stopped"], out
