@@ -44,7 +44,7 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     batch, capacity, dropout, the initial temperature |w|, uniform or popularity negatives with logQ)."""
     model = dataclasses.replace(
         base.model,
-        embedding_dim=trial.suggest_categorical("model.embedding_dim", [64, 128]),
+        embedding_dim=trial.suggest_categorical("model.embedding_dim", [64, 128, 256]),
         hidden_dim=trial.suggest_categorical("model.hidden_dim", [64, 128, 256]),
         num_layers=trial.suggest_int("model.num_layers", 1, 2),
         dropout=trial.suggest_float("model.dropout", 0.0, 0.6),

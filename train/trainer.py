@@ -102,7 +102,8 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
         total, seqs, events = _all_ranks(progress.loss_sum, progress.sequences, progress.events, world)
         hist.train_seconds += seconds; hist.sequences_seen += seqs; hist.events_seen += events
         row = {"epoch": epoch + 1, "loss": total / max(seqs, 1), "seconds": seconds,
-               "sequences_per_s": seqs / seconds, "events_per_s": events / seconds}
+               "sequences_per_s": seqs / seconds, "events_per_s": events / seconds,
+               "temperature": float(model.temperature())}  # |w|: how sharp the softmax has become
         stop = False
         if validate is None:
             best_state, hist.best_epoch = copy.deepcopy(model.state_dict()), epoch + 1
