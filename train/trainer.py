@@ -103,7 +103,7 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
         hist.train_seconds += seconds; hist.sequences_seen += seqs; hist.events_seen += events
         row = {"epoch": epoch + 1, "loss": total / max(seqs, 1), "seconds": seconds,
                "sequences_per_s": seqs / seconds, "events_per_s": events / seconds,
-               "temperature": float(model.temperature())}  # |w|: how sharp the softmax has become
+               "temperature": float(model.temperature().detach())}  # |w|: how sharp the softmax has become
         stop = False
         if validate is None:
             best_state, hist.best_epoch = copy.deepcopy(model.state_dict()), epoch + 1
