@@ -99,7 +99,10 @@ def _parse_picked(spec: str) -> Dict[str, Any]:
         key, sep, value = part.partition("=")
         if not sep or not key:
             raise SystemExit(f"--enqueue: expected KEY=VALUE[,KEY=VALUE], got {spec!r}")
-        out[key.strip()] = json.loads(value)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:  # a bare word: negatives=popularity
+            out[key.strip()] = value
     return out
 
 

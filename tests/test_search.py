@@ -51,3 +51,8 @@ def test_enqueued_trials_run_as_picked(tmp_path):
     assert picked["params"] == {**first["params"], "model.dropout": 0.5, "negatives": "popularity"}
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         search.main(args[:-1] + ["dropout"])
+
+
+def test_enqueue_values_are_json_or_bare_words():
+    assert search._parse_picked("model.dropout=0.5,negatives=popularity,negatives2=\"uniform\"") == \
+        {"model.dropout": 0.5, "negatives": "popularity", "negatives2": "uniform"}
