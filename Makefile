@@ -96,10 +96,12 @@ bench-scale: setup
 	$(PY) -m bench.scale
 
 # Hyperparameter search on validation only (issue 13, item 3): optuna trials of the Beauty recipe ->
-# bench/results/search-amazon-beauty.json; the study resumes from artifacts/search/. TRIALS=20.
+# bench/results/<study>.json; the study resumes from artifacts/search/. TRIALS=20, STUDY=name,
+# ENQUEUE='model.dropout=0.5 negatives=popularity' (hand-picked trials, run first).
 .PHONY: bench-search
 bench-search: setup
-	$(PY) -m bench.search --config bench/configs/quality-amazon-beauty.json --trials $(or $(TRIALS),20)
+	$(PY) -m bench.search --config bench/configs/quality-amazon-beauty.json --trials $(or $(TRIALS),20) \
+		$(if $(STUDY),--study $(STUDY)) $(if $(ENQUEUE),--enqueue $(ENQUEUE))
 
 # Peers side by side (issue 13, item 4): RecTools' SASRec and implicit's ALS on the project's own
 # split, ranked by the project's evaluator -> bench/results/peers.json. In their own venv,
