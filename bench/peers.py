@@ -189,6 +189,7 @@ def main(argv=None) -> int:
             log.info("%s on %s (%s)", peer, name, split.counts())
             rec = run_sasrec(split, pcfg, cfg["seed"]) if peer == "sasrec" else run_als(split, pcfg, cfg["seed"], threads)
             rec.update({"wall_seconds": round(time.perf_counter() - t, 1), "commit": commit,
+                        "seen_items_removed": "whole history",
                         "load_average": {"start": load_start, "end": load_average()}})
             if smoke:
                 rec["smoke"] = {"users": args.users, "max_epochs": args.max_epochs}
