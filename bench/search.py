@@ -27,7 +27,7 @@ import optuna
 import torch
 
 from bench.provenance import git_commit, load_average
-from train.config import TrainConfig, load_config
+from train.config import TrainConfig, load_config, parse_value
 from train.evaluate import evaluate_ranking, model_scorer, summarize
 from train.negatives import CandidateSampler
 from train.pipeline import Prepared, build_model, prepare
@@ -101,10 +101,7 @@ def _parse_picked(spec: str) -> Dict[str, Any]:
         key, sep, value = part.partition("=")
         if not sep or not key:
             raise SystemExit(f"--enqueue: expected KEY=VALUE[,KEY=VALUE], got {spec!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:  # a bare word: negatives=popularity
-            out[key.strip()] = value
+        out[key.strip()] = parse_value(value)
     return out
 
 

@@ -112,10 +112,7 @@ class TrainConfig:
             if "=" not in a:
                 raise UserError(f"override must be KEY=VALUE, got {a!r}")
             key, raw = a.split("=", 1)
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
+            value = parse_value(raw)
             target = d
             *parents, leaf = key.split(".")
             for p in parents:
@@ -129,6 +126,14 @@ class TrainConfig:
                 value = raw
             target[leaf] = value
         return TrainConfig.from_dict(d)
+
+
+def parse_value(raw: str) -> Any:
+    """An override's value: JSON when it parses (0.5, true, "x"), else the text (popularity)."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 def load_config(path: Optional[str], overrides: List[str]) -> TrainConfig:
