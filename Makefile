@@ -65,10 +65,11 @@ bench-ablation: setup
 bench-reliability: setup
 	$(PY) -m bench.reliability
 
-# Exact and index scoring side by side at 50k and 2M items (in process and through TorchServe),
-# then the index's ranking quality against exact on trained models (bench-index).
+# Exact and index scoring side by side at 50k and 2M items (in process and through TorchServe), and on
+# make bench-scale's trained 2M-item model when it is there; then the index's ranking quality against
+# exact on trained models (bench-index). SERVE_ARGS: more bench/serve_bench.py options.
 bench-serve: setup
-	$(PY) -m bench.serve_bench
+	$(PY) -m bench.serve_bench $(if $(wildcard artifacts/scale/export/metadata.json),--export artifacts/scale/export) $(SERVE_ARGS)
 	$(MAKE) bench-index
 
 # The candidate index on trained models -> bench/results/index_quality.json: amazon-beauty (the
@@ -79,6 +80,12 @@ bench-index: setup
 	  if [ -f $$dir/metadata.json ]; then $(PY) -m bench.index_quality $$dir --label $$label || exit 1; \
 	  else echo "bench-index: skipping $$label: no export in $$dir (make bench-optimizers / make bench-scale write them)"; fi; \
 	done
+
+# Catalogue churn at 2M items (issue 12, item 6): 20k new and 20k sold listings through train.catalog,
+# archive.sh and ops/rollout.py on a real TorchServe under load -> bench/results/churn.json.
+.PHONY: bench-churn
+bench-churn: setup
+	$(PY) -m bench.churn $(CHURN_ARGS)
 
 bench-sdk: setup
 	$(PY) -m bench.sdk_overhead

@@ -12,7 +12,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 usage() {
     cat >&2 <<EOF
-usage: $0 <export-dir> [--name seqrec] [--out model_store] [--config handler/model-config.yaml]
+usage: $0 <export-dir> [--name seqrec] [--out model_store] [--config handler/model-config.yaml] [--deflate]
 
   <export-dir>  directory written by \`python -m train --out ...\` (model.pt, item_vectors.npy,
                 items.parquet, metadata.json with model_version and sha256 of every file)
@@ -20,6 +20,8 @@ usage: $0 <export-dir> [--name seqrec] [--out model_store] [--config handler/mod
   --out         model store directory (default model_store; created if missing)
   --config      TorchServe model YAML: batchSize, maxBatchDelay, minWorkers, maxWorkers,
                 responseTimeout (default handler/model-config.yaml)
+  --deflate     compress the archive's files (default: stored as they are: item vectors and
+                weights barely compress; 2M items' 1.13 GB of files deflated to 1.04 GB)
 EOF
     exit 2
 }
@@ -31,11 +33,13 @@ EXPORT="$1"; shift
 NAME=seqrec
 OUT=model_store
 CONFIG="$HERE/handler/model-config.yaml"
+FORMAT=zip-store
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --name) [[ $# -ge 2 ]] || usage; NAME="$2"; shift 2 ;;
         --out) [[ $# -ge 2 ]] || usage; OUT="$2"; shift 2 ;;
         --config) [[ $# -ge 2 ]] || usage; CONFIG="$2"; shift 2 ;;
+        --deflate) FORMAT=default; shift ;;
         -h|--help) usage ;;
         *) echo "archive.sh: unknown argument: $1" >&2; usage ;;
     esac
@@ -81,6 +85,7 @@ EXTRA+="$EXPORT/metadata.json"
     --handler "$HERE/handler/seqrec_handler.py" \
     --extra-files "$EXTRA" \
     --config-file "$CONFIG" \
+    --archive-format "$FORMAT" \
     --export-path "$TMP" --force \
     || die "torch-model-archiver failed"
 

@@ -5,6 +5,7 @@ on synthetic catalogues of 50,000 and 2,000,000 items, histories of 50 items, k 
     python bench/serve_bench.py --device cuda       # the same on a GPU (handler gets gpu_id 0)
     python bench/serve_bench.py --sizes 50000 --configs 1,16,5 2,16,5   # compare server configs
     python bench/serve_bench.py --sizes 2000000 --scoring index --index hnsw:M=32,ef_search=64
+    python bench/serve_bench.py --sizes 50000 --export artifacts/scale/export   # + a trained 2M-item model
 
 Per size it measures, in one run:
   scoring    chunked exact top-k (handler/seqrec_scoring.py) vs plain torch.topk(q @ E.T), ms per
@@ -18,6 +19,8 @@ Per size it measures, in one run:
 Each of those (but scoring) for both scoring modes of the model YAML side by side: exact (the full
 scan) and index (the export's candidate index, --index, auto = HNSW from 100k available items,
 then exact re-ranking); `summary` has the shipped config's figures per size and mode.
+--export adds trained exports (e.g. make bench-scale's 2M-item model): a copy of each with the
+--index candidate index built over its own vectors, keyed "<items> trained" in `sizes`.
 Exports and archives are cached under --work; the machine's load average is recorded because
 these 2 cores are shared.
 """
@@ -82,6 +85,28 @@ def build_export(n: int, out: Path, index_spec: str = "auto") -> Path:
     model = SequenceModel(ModelConfig(num_items=n, total_length=HISTORY))
     export_model(model, index, popularity, out, items=items, index_spec=index_spec,
                  metadata={"model_version": f"bench{n}", "model_code": code, "index_spec": index_spec})
+    return out
+
+
+def trained_export(src: Path, out: Path, index_spec: str) -> Path:
+    """A copy of a trained export's files with the candidate index `index_spec` built over its own
+    item vectors (cached: the same source files and spec are not built again)."""
+    from handler.seqrec_artifact import DATA_FILES, INDEX_FILE, ITEMS_FILE, VECTORS_FILE, verify_export, write_metadata
+    from handler.seqrec_index import IndexSpec, build
+
+    meta = verify_export(src)
+    key = [meta["files"], index_spec]
+    old = out / "metadata.json"
+    if old.exists() and json.loads(old.read_text()).get("bench_key") == key:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for name in DATA_FILES:  # not its train/ folder, nor an index of its own
+        shutil.copyfile(src / name, out / name)
+    vectors = np.load(out / VECTORS_FILE, mmap_mode="r")
+    available = pd.read_parquet(out / ITEMS_FILE, columns=["available"])["available"].to_numpy()
+    meta["index"] = build(IndexSpec.parse(index_spec), vectors, available, out / INDEX_FILE)
+    write_metadata(out, {**meta, "bench_key": key})
     return out
 
 
@@ -271,7 +296,8 @@ def summary(sizes: dict) -> dict:
                                        "p99_ms_c8": ts["levels"].get("c=8", {}).get("p99"),
                                        "ratio_to_in_process": ts["ratio_to_in_process"],
                                        "worker_rss_mb": ts["worker_rss_mb"]}
-    base = rows.get(f"{min(sizes, key=int)} exact", {}).get("rps_c32") if sizes else None
+    synthetic = [n for n in sizes if n.isdigit()]
+    base = rows.get(f"{min(synthetic, key=int)} exact", {}).get("rps_c32") if synthetic else None
     for row in rows.values():
         row["rps_c32_vs_smallest_exact"] = row["rps_c32"] / base if base and row["rps_c32"] else None
     return rows
@@ -295,6 +321,8 @@ def main(argv=None):
     ap.add_argument("--index", default="auto", help="the exports' candidate index (train.config index)")
     ap.add_argument("--scoring", nargs="+", default=["exact", "index"], choices=["exact", "index"],
                     help="scoring modes to measure side by side (index: where the export has one)")
+    ap.add_argument("--export", type=Path, nargs="*", default=[], metavar="DIR",
+                    help="trained exports measured too, with the --index candidate index built over their vectors")
     ap.add_argument("--work", type=Path, default=Path("/tmp/seqrec_serve_bench"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = ap.parse_args(argv)
@@ -314,19 +342,27 @@ def main(argv=None):
                     "torch": torch.__version__, "device": str(device),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "loadavg_start": os.getloadavg()},
-        "setup": {"history": HISTORY, "k": K, "item_vectors": "random unit vectors, D=64, 95% available",
+        "setup": {"history": HISTORY, "k": K, "item_vectors": "sizes given as numbers: random unit vectors, D=64, "
+                  "95% available; '<items> trained': the --export's own vectors and availability",
+                  "exports": [str(e) for e in args.export], "index_spec": args.index,
                   "in_process": "SeqrecHandler.handle() with ts.context.Context, metrics off",
                   "http": "TorchServe 0.12 loopback, token auth, http.client keep-alive clients in threads on the same cores",
                   "ratio": "best TorchServe requests/s over concurrency levels / best in-process requests/s"},
         "sizes": {},
     }
-    for n in args.sizes:
+    catalogues = [(str(n), lambda n=n: build_export(n, args.work / f"export_{n}", args.index)) for n in args.sizes]
+    for src in args.export:
+        items = json.loads((src / "metadata.json").read_text())["num_items"]
+        catalogues.append((f"{items} trained", lambda src=src: trained_export(src, args.work / f"trained_{src.name}",
+                                                                                args.index)))
+    for label, make in catalogues:
         t0 = time.perf_counter()
-        export = build_export(n, args.work / f"export_{n}", args.index)
+        export = make()
+        n = json.loads((export / "metadata.json").read_text())["num_items"]
         bodies = request_bodies(export)
         size = {"export_build_s": time.perf_counter() - t0,
                 "index": json.loads((export / "metadata.json").read_text()).get("index")}
-        print(f"[{n}] export ready", flush=True)
+        print(f"[{label}] export ready", flush=True)
         matrix = torch.from_numpy(np.load(export / "item_vectors.npy"))[1:].to(device)
         threads = max(1, cores // configs[0]["workers"])  # what one TorchServe worker gets
         torch.set_num_threads(threads)
@@ -336,7 +372,7 @@ def main(argv=None):
         # Exact and index side by side on the same export (an export without an index: exact only).
         for mode in [m for m in args.scoring if m == "exact" or has_index(export)]:
             size[mode] = serve_mode(export, bodies, n, mode, configs, cores, args)
-        result["sizes"][str(n)] = size
+        result["sizes"][label] = size
     result["summary"] = summary(result["sizes"])
     result["machine"]["loadavg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
