@@ -173,6 +173,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench-churn")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "churn.json")
     args = ap.parse_args(argv)
+    if args.items < 1000 or args.new < 1 or not 0 < args.sold < 0.5 * args.items or args.clients < 1:
+        ap.error("need --items >= 1000, --new >= 1, 0 < --sold < half of --items, --clients >= 1")
     py = sys.executable
     env = dict(os.environ, PATH=f"{Path(py).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     result: Dict[str, Any] = {"benchmark": "churn", "commit": git_commit(), "command": ["python -m bench.churn", *(argv or sys.argv[1:])],
