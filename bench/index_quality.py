@@ -12,8 +12,10 @@ over-fetched shortlist re-ranked by exact cosine, the exact scan where it runs d
 a target outside the index's top 10 is a miss. recall@10 is the share of the exact top 10 the
 index path returns. Writes the export's result (key --label) into bench/results/index_quality.json
 with the commit and load average.
-Indexes are built here from the export's vectors (an export need not carry one); at 2M items an
-HNSW build takes minutes (SCALE.md: 396 s at M=32 with 2 threads).
+Indexes are built here from the export's vectors (an export need not carry one; at 2M items an
+HNSW build takes minutes, SCALE.md: 396 s at M=32 with 2 threads), unless the export carries one of
+the same kind and build knobs over all its available items: that one is measured as it is
+(build_s null), e.g. the copy bench/serve_bench.py --export leaves under its --work folder.
 """
 from __future__ import annotations
 
@@ -95,6 +97,15 @@ def index_ranks(tastes, targets, banned, cat: Catalogue, index: CandidateIndex, 
     return np.array(ranks), float(np.mean(recall)), time.perf_counter() - t0
 
 
+def own_index(meta: Dict[str, Any], spec: IndexSpec, search_knob: str):
+    """The export's own index record when it is of this kind, built with these knobs over every
+    available item (so measuring it needs no build: minutes at 2M items); else None."""
+    info = meta.get("index") or {}
+    same = info.get("kind") == spec.kind and all(int(info.get(k, -1)) == v for k, v in spec.knobs.items()
+                                                 if k != search_knob)
+    return info if same and info.get("live") == info.get("entries") else None
+
+
 def quality(ranks: np.ndarray) -> Dict[str, float]:
     m = metrics_from_ranks(ranks, ks=(K,))
     return {f"HR@{K}": float(m[f"HR@{K}"].mean()), f"NDCG@{K}": float(m[f"NDCG@{K}"].mean())}
@@ -133,12 +144,17 @@ def main(argv=None) -> int:
         for kind in args.kinds.split(","):
             knob, values, build_knobs = grid[kind]
             spec = IndexSpec.parse(f"{kind}:{build_knobs}")
-            t0 = time.perf_counter()
-            info = build(spec, cat.vectors.numpy(), scorable[1:].numpy(), Path(tmp) / f"{kind}.faiss")
-            build_s = time.perf_counter() - t0
-            os.replace(Path(tmp) / f"{kind}.faiss", Path(tmp) / "candidates.faiss")
+            info, where, build_s = own_index(meta, spec, knob), export, None
+            if info is None:
+                t0 = time.perf_counter()
+                info = build(spec, cat.vectors.numpy(), scorable[1:].numpy(), Path(tmp) / f"{kind}.faiss")
+                build_s = time.perf_counter() - t0
+                os.replace(Path(tmp) / f"{kind}.faiss", Path(tmp) / "candidates.faiss")
+                where = Path(tmp)
+            else:
+                log.info("%s: the export's own index (%s), not rebuilt", kind, info)
             for v in map(int, values.split(",")):
-                index = CandidateIndex.load(tmp, {"index": info}, **{knob: v}, threads=args.threads)
+                index = CandidateIndex.load(where, {"index": info}, **{knob: v}, threads=args.threads)
                 ranks, recall, secs = index_ranks(tastes, targets, banned, cat, index, exact_top)
                 q = quality(ranks)
                 row = {"kind": kind, **{k: info[k] for k in KNOBS[kind] if k != knob}, knob: v, **q,

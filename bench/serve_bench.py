@@ -6,6 +6,7 @@ on synthetic catalogues of 50,000 and 2,000,000 items, histories of 50 items, k 
     python bench/serve_bench.py --sizes 50000 --configs 1,16,5 2,16,5   # compare server configs
     python bench/serve_bench.py --sizes 2000000 --scoring index --index hnsw:M=32,ef_search=64
     python bench/serve_bench.py --sizes 50000 --export artifacts/scale/export   # + a trained 2M-item model
+    python bench/serve_bench.py --sizes 50000 --export artifacts/scale/export --ef-search 768   # served at 768
 
 Per size it measures, in one run:
   scoring    chunked exact top-k (handler/seqrec_scoring.py) vs plain torch.topk(q @ E.T), ms per
@@ -153,14 +154,14 @@ def _sync(device):
 
 # ---- in process: the handler exactly as TorchServe calls it
 def bench_in_process(export: Path, bodies, device: str, batch_sizes, thread_counts, seconds: float,
-                     scoring: str = "auto"):
+                     section: dict):
     from handler.seqrec_handler import SeqrecHandler
     from ts.context import Context, RequestProcessor
 
     gpu_id = (int(device.split(":")[1]) if ":" in device else 0) if device.startswith("cuda") else None
     # metrics=None: measure the handler, not its metric log lines
     ctx = Context("seqrec", str(export), {"model": {"modelName": "seqrec"}}, max(batch_sizes), gpu_id, "0.12.0",
-                  model_yaml_config={"seqrec": {"scoring": scoring}})
+                  model_yaml_config={"seqrec": section})
 
     def run_batch(h, ctx, batch):
         ctx.request_processor = [RequestProcessor({}) for _ in batch]
@@ -236,13 +237,14 @@ def load_test(ts: LocalTorchServe, bodies, concurrency: int, total: int):
 
 
 def bench_http(export: Path, bodies, work: Path, cfg: dict, concurrencies, totals, gpu: bool,
-               scoring: str = "auto"):
+               section: dict):
     store = work / "model_store"
     work.mkdir(parents=True, exist_ok=True)
-    yaml_path = work / f"model-w{cfg['workers']}-b{cfg['batchSize']}-d{cfg['maxBatchDelay']}-{scoring}.yaml"
+    name = "-".join(f"{k}{v}" for k, v in section.items())
+    yaml_path = work / f"model-w{cfg['workers']}-b{cfg['batchSize']}-d{cfg['maxBatchDelay']}-{name}.yaml"
     yaml_path.write_text(f"minWorkers: {cfg['workers']}\nmaxWorkers: {cfg['workers']}\nbatchSize: {cfg['batchSize']}\n"
                          f"maxBatchDelay: {cfg['maxBatchDelay']}\nresponseTimeout: 120\n"
-                         f"seqrec:\n  scoring: {scoring}\n")
+                         "seqrec:\n" + "".join(f"  {k}: {v}\n" for k, v in section.items()))
     t0 = time.perf_counter()
     archive(export, store, yaml_path)
     archive_s = time.perf_counter() - t0
@@ -267,18 +269,20 @@ def bench_http(export: Path, bodies, work: Path, cfg: dict, concurrencies, total
 def serve_mode(export: Path, bodies, n: int, mode: str, configs, cores: int, args) -> dict:
     """In-process and TorchServe figures for one scoring mode (model YAML seqrec.scoring)."""
     batch_sizes = sorted({1, *[c["batchSize"] for c in configs]})
-    out = {"in_process": bench_in_process(export, bodies, args.device, batch_sizes, sorted({1, cores}),
-                                          args.seconds, mode)}
+    section = {"scoring": mode, **({"ef_search": args.ef_search} if mode == "index" and args.ef_search else {})}
+    out = {"model_yaml_seqrec": section,
+           "in_process": bench_in_process(export, bodies, args.device, batch_sizes, sorted({1, cores}),
+                                          args.seconds, section)}
     print(f"[{n} {mode}] in-process {json.dumps(out['in_process'])}", flush=True)
     if args.skip_http:
         return out
     slow = n > 100_000 and mode == "exact"
-    totals = [max(c * (8 if slow else 24), 40) for c in args.concurrency]
+    totals = [max(c * (max(1, args.per_client // 3) if slow else args.per_client), 40) for c in args.concurrency]
     out["torchserve"] = {}
     for cfg in configs:
         name = f"workers={cfg['workers']},batchSize={cfg['batchSize']},maxBatchDelay={cfg['maxBatchDelay']}"
         r = bench_http(export, bodies, args.work / f"http_{n}_{mode}", cfg, args.concurrency, totals,
-                       args.device.startswith("cuda"), mode)
+                       args.device.startswith("cuda"), section)
         r["ratio_to_in_process"] = r["best_rps"] / out["in_process"]["best_rps"]
         out["torchserve"][name] = r
         print(f"[{n} {mode}] torchserve {name} {json.dumps(r)}", flush=True)
@@ -321,6 +325,11 @@ def main(argv=None):
     ap.add_argument("--index", default="auto", help="the exports' candidate index (train.config index)")
     ap.add_argument("--scoring", nargs="+", default=["exact", "index"], choices=["exact", "index"],
                     help="scoring modes to measure side by side (index: where the export has one)")
+    ap.add_argument("--per-client", type=int, default=24,
+                    help="requests each client sends per concurrency level (a third of it for exact scans past 100k items)")
+    ap.add_argument("--ef-search", type=int, default=None,
+                    help="index mode's model YAML seqrec.ef_search (default: the index's own, from --index); "
+                         "another value needs no rebuild of a cached export")
     ap.add_argument("--export", type=Path, nargs="*", default=[], metavar="DIR",
                     help="trained exports measured too, with the --index candidate index built over their vectors")
     ap.add_argument("--work", type=Path, default=Path("/tmp/seqrec_serve_bench"))
@@ -344,7 +353,8 @@ def main(argv=None):
                     "loadavg_start": os.getloadavg()},
         "setup": {"history": HISTORY, "k": K, "item_vectors": "sizes given as numbers: random unit vectors, D=64, "
                   "95% available; '<items> trained': the --export's own vectors and availability",
-                  "exports": [str(e) for e in args.export], "index_spec": args.index,
+                  "exports": [str(e) for e in args.export], "index_spec": args.index, "ef_search": args.ef_search,
+                  "requests_per_client": args.per_client,
                   "in_process": "SeqrecHandler.handle() with ts.context.Context, metrics off",
                   "http": "TorchServe 0.12 loopback, token auth, http.client keep-alive clients in threads on the same cores",
                   "ratio": "best TorchServe requests/s over concurrency levels / best in-process requests/s"},

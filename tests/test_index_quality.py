@@ -39,3 +39,16 @@ def test_index_quality_matches_exact_when_the_search_is_exhaustive(tmp_path):
         assert full["recall@10"] == pytest.approx(1.0) and full["HR_ratio"] == pytest.approx(1.0)
         assert full["NDCG_ratio"] == pytest.approx(1.0)
     assert all(0 <= g["recall@10"] <= 1 and g["ms_per_user"] > 0 for g in r["grid"])
+
+
+def test_an_export_carrying_the_same_index_is_measured_without_a_rebuild(tmp_path):
+    export = tmp_path / "indexed"
+    run(TrainConfig.from_dict({**TINY, "index": "hnsw:M=8,ef_construction=40,ef_search=16"}), export)
+    out = tmp_path / "index_quality.json"
+    common = ["--kinds", "hnsw", "--ef-search", "400", "--out", str(out)]
+    assert index_quality([str(export), "--hnsw", "M=8,ef_construction=40", "--label", "own", *common]) == 0
+    assert index_quality([str(export), "--hnsw", "M=12,ef_construction=40", "--label", "other", *common]) == 0
+    own, other = (json.loads(out.read_text())[k]["grid"][0] for k in ("own", "other"))
+    assert own["build_s"] is None and own["M"] == 8 and own["ef_search"] == 400  # the export's index, searched deeper
+    assert other["build_s"] > 0 and other["M"] == 12  # other build knobs: built here
+    assert own["recall@10"] == pytest.approx(1.0) and own["HR_ratio"] == pytest.approx(1.0)
