@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,6 +245,19 @@ def init_distributed() -> None:
     training runs on the CPU, and NCCL has no all-reduce for the sparse item-table gradient."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
+
+
+def exit_rank(code: int) -> None:
+    """End a DDP rank whose work is done and written: flush, then exit without the interpreter's
+    teardown. gloo's worker threads can outlive destroy_process_group; one that drops the last
+    reference to a tensor while the interpreter finalises needs the GIL, finalisation ends that
+    thread instead, and the C++ runtime aborts the process ("terminate called without an active
+    exception", SIGABRT; about one run in four on 2 busy cores), so torchrun reported a failed run
+    after every file had been written."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
