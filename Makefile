@@ -75,9 +75,11 @@ bench-serve: setup
 # The candidate index on trained models -> bench/results/index_quality.json: amazon-beauty (the
 # export make bench-optimizers leaves) and the 2M-item model (make bench-scale's export).
 INDEX_EXPORTS ?= amazon-beauty=artifacts/bench-optimizers/amazon-beauty/sparse_adam scale-2M=artifacts/scale/export
+# efSearch grid: Beauty needs 64, the 2M-item model 512 and more.
+INDEX_EF ?= 16,32,64,128,256,512,768,1024
 bench-index: setup
 	@for pair in $(INDEX_EXPORTS); do label=$${pair%%=*}; dir=$${pair#*=}; \
-	  if [ -f $$dir/metadata.json ]; then $(PY) -m bench.index_quality $$dir --label $$label || exit 1; \
+	  if [ -f $$dir/metadata.json ]; then $(PY) -m bench.index_quality $$dir --label $$label --ef-search $(INDEX_EF) || exit 1; \
 	  else echo "bench-index: skipping $$label: no export in $$dir (make bench-optimizers / make bench-scale write them)"; fi; \
 	done
 
