@@ -37,6 +37,10 @@ KNOBS = {"hnsw": {"M": 32, "ef_construction": 200, "ef_search": 64},
 SEARCH_KNOBS = ("ef_search", "nprobe")
 # "auto": exact below this many available items, where a full scan costs a few ms at most.
 AUTO_MIN_ITEMS = 100_000
+# "auto" searches deeper in large catalogues: on make bench-scale's trained 2M-item model (991,747
+# available) efSearch 64 kept only 0.84 of exact HR@10, 512 0.990 and 640 0.994
+# (bench/results/index_quality.json), where Beauty's 54k items needed 64.
+AUTO_DEEP_ITEMS, AUTO_DEEP_EF = 500_000, 640
 # The catalogue rebuild starts a fresh index when more than this share of its entries are dead
 # (sold, or a vector superseded by a re-added one): they cost shortlist slots and search time.
 REBUILD_DEAD_SHARE = 0.2
@@ -71,7 +75,12 @@ class IndexSpec:
         """'auto' decided for a catalogue of this many available items."""
         if self.kind != "auto":
             return self
-        return IndexSpec("hnsw", dict(KNOBS["hnsw"])) if available >= AUTO_MIN_ITEMS else IndexSpec("none")
+        if available < AUTO_MIN_ITEMS:
+            return IndexSpec("none")
+        knobs = dict(KNOBS["hnsw"])
+        if available >= AUTO_DEEP_ITEMS:
+            knobs["ef_search"] = AUTO_DEEP_EF
+        return IndexSpec("hnsw", knobs)
 
 
 def _faiss():

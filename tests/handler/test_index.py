@@ -139,8 +139,10 @@ def test_a_bad_index_option_is_refused_naming_it(text, message):
 
 
 def test_index_spec_defaults_and_auto():
-    from handler.seqrec_index import AUTO_MIN_ITEMS, IndexSpec
+    from handler.seqrec_index import AUTO_DEEP_EF, AUTO_DEEP_ITEMS, AUTO_MIN_ITEMS, IndexSpec
 
     assert IndexSpec.parse("hnsw:ef_search=32").knobs == {"M": 32, "ef_construction": 200, "ef_search": 32}
     assert IndexSpec.parse("auto").resolved(AUTO_MIN_ITEMS - 1).kind == "none"
     assert IndexSpec.parse("auto").resolved(AUTO_MIN_ITEMS).kind == "hnsw"
+    assert IndexSpec.parse("auto").resolved(AUTO_MIN_ITEMS).knobs["ef_search"] == 64
+    assert IndexSpec.parse("auto").resolved(AUTO_DEEP_ITEMS).knobs["ef_search"] == AUTO_DEEP_EF
