@@ -168,7 +168,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--new", type=int, default=20_000, help="new listings in the update")
     ap.add_argument("--sold", type=int, default=20_000, help="listings sold in the update")
     ap.add_argument("--clients", type=int, default=4, help="concurrent clients during the update")
-    ap.add_argument("--index", default="hnsw:M=32,ef_construction=200,ef_search=256",
+    ap.add_argument("--index", default="hnsw:M=32,ef_construction=200,ef_search=640",
                     help="the base export's candidate index (handler.seqrec_index.IndexSpec)")
     ap.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench-churn")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "churn.json")
