@@ -22,7 +22,7 @@ java:
 
 # Every test, the TorchServe and training ones included: what CI (.ci/run) runs.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # The inner loop: no TorchServe, no training (pytest.ini's markers; tests/lane_guard.py enforces
 # them), so no Java either.
