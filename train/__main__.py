@@ -17,14 +17,13 @@ quiet_openmp_waits()  # first: OpenMP reads its wait policy once, when torch loa
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
 import sys  # noqa: E402
 
 import torch.distributed as dist  # noqa: E402 -- torch after quiet_openmp_waits()
 
 from .config import load_config  # noqa: E402
 from .errors import UserError, cli_error  # noqa: E402
-from .pipeline import exit_rank, run  # noqa: E402
+from .pipeline import exit_rank, run, under_torchrun  # noqa: E402
 from .report import closing_lines  # noqa: E402
 
 
@@ -68,6 +67,6 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun rank: no interpreter teardown
+    if under_torchrun():  # a torchrun rank: no interpreter teardown (exit_rank says why)
         exit_rank(code)
     sys.exit(code)

@@ -243,8 +243,13 @@ def _is_main() -> bool:
 def init_distributed() -> None:
     """Under torchrun (WORLD_SIZE > 1) join the process group. gloo, also where there is a GPU:
     training runs on the CPU, and NCCL has no all-reduce for the sparse item-table gradient."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if under_torchrun() and not dist.is_initialized():
         dist.init_process_group("gloo")
+
+
+def under_torchrun() -> bool:
+    """This process is one rank of several (torchrun sets WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def exit_rank(code: int) -> None:
