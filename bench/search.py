@@ -40,8 +40,9 @@ METRIC = "NDCG@10"
 
 
 def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
-    """The search space: the levers issue 13 names that a config holds (negatives, learning rate,
-    batch, capacity, dropout, the initial temperature |w|, uniform or popularity negatives with logQ)."""
+    """The search space: the levers issue 13 names that a config holds (negatives, learning rate and
+    its reduce-on-plateau decay, batch, capacity, dropout, the initial temperature |w|, uniform or
+    popularity negatives with logQ)."""
     model = dataclasses.replace(
         base.model,
         embedding_dim=trial.suggest_categorical("model.embedding_dim", [64, 128, 256]),
@@ -53,6 +54,7 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     return dataclasses.replace(
         base, model=model,
         lr=trial.suggest_float("lr", 2e-4, 5e-3, log=True),
+        lr_decay=trial.suggest_categorical("lr_decay", [1.0, 0.5, 0.3]),
         batch_size=trial.suggest_categorical("batch_size", [64, 128, 256]),
         # 16,384 added after study 2 (search-amazon-beauty-2 was run with choices up to 8,192;
         # optuna refuses changed choices in a study, so its SQLite file cannot be resumed).
@@ -65,7 +67,7 @@ def base_params(cfg: TrainConfig) -> Dict[str, Any]:
     """The recipe's own values of the searched parameters (the first trial of a new study)."""
     return {"model.embedding_dim": cfg.model.embedding_dim, "model.init_scale": cfg.model.init_scale,
             "model.hidden_dim": cfg.model.hidden_dim, "model.num_layers": cfg.model.num_layers,
-            "model.dropout": cfg.model.dropout, "lr": cfg.lr, "batch_size": cfg.batch_size,
+            "model.dropout": cfg.model.dropout, "lr": cfg.lr, "lr_decay": cfg.lr_decay, "batch_size": cfg.batch_size,
             "sample_size": cfg.sample_size, "negatives": cfg.negatives}
 
 

@@ -28,6 +28,8 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 128            # sequences per step
     lr: float = 1e-3
+    lr_decay: float = 1.0            # reduce on plateau: lr *= lr_decay after each validation that sets no
+                                     # new best (1 = constant); validation, not a schedule, decides when
     weight_decay: float = 0.0        # Adam's L2; only with item_optimizer=adam (the sparse ones have none)
     item_optimizer: str = "sparse_adam"  # sparse_adam: sparse item-table gradient, Adam with dense Adam's
                                      # moves caught up (a step costs the same at any catalogue size) |
@@ -80,6 +82,8 @@ class TrainConfig:
         if self.sample_size == 0 and self.negatives != "uniform":
             raise ConfigError("sample_size", f"0 (every item a candidate) samples nothing, so negatives must be "
                                              f"'uniform', got negatives={self.negatives!r}")
+        if self.lr_decay > 1:
+            raise ConfigError("lr_decay", f"must be a finite number in (0, 1] (1 keeps lr constant), got {self.lr_decay!r}")
         if self.weight_decay > 0 and self.item_optimizer != "adam":
             raise ConfigError("weight_decay", f"needs item_optimizer='adam' (the sparse item optimizers "
                                               f"have no weight decay), got {self.weight_decay!r}")
@@ -175,6 +179,7 @@ TRAIN_RULES: Dict[str, Rule] = {
     "temporal_cut": Rule(low=0.0, high=1.0, low_open=True),
     "min_events": Rule(low=3),  # leave-one-out needs a history, a validation and a test event
     "epochs": Rule(low=1), "batch_size": Rule(low=1), "lr": Rule(low=0.0, low_open=True),
+    "lr_decay": Rule(low=0.0, low_open=True),  # and <= 1: __post_init__
     "weight_decay": Rule(low=0.0), "sample_size": Rule(low=0),  # 0: full softmax
     "negatives": Rule(choices=("uniform", "popularity")),
     "item_optimizer": Rule(choices=("sparse_adam", "lazy_adam", "adam")),

@@ -66,6 +66,16 @@ class TrainOptimizer:
         elif self.trains_table:
             self.model.renorm_item_rows()
 
+    def set_lr(self, lr: float) -> None:
+        """Between epochs only (after end_epoch): CatchUpAdam's pending moves use its current lr."""
+        for group in self.dense.param_groups:
+            group["lr"] = lr
+        if isinstance(self.items, CatchUpAdam):
+            self.items.lr = lr
+        elif self.items is not None:
+            for group in self.items.param_groups:
+                group["lr"] = lr
+
     def end_epoch(self) -> None:
         """Make the item table what dense Adam's would be now (CatchUpAdam's pending moves)."""
         if isinstance(self.items, CatchUpAdam):

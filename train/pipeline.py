@@ -40,7 +40,7 @@ from .report import PhaseClock, fit_record, plot_history, run_totals
 from .sequences import EventColumns, SequentialDataset, encode_cases, seen_items
 from .split import Cases, Split, leave_one_out, temporal_split
 from .threads import resolve_threads
-from .trainer import fit
+from .trainer import History, fit
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +217,11 @@ def sample_test_cases(cases: Cases, cfg: TrainConfig) -> Tuple[Cases, Dict[str, 
                     "sampled": sampled, "seed": cfg.seed if sampled else None}
 
 
-def _refit(cfg: TrainConfig, prep: Prepared, epochs: int, work: Path, resume: bool):
+def _refit(cfg: TrainConfig, prep: Prepared, first: History, work: Path, resume: bool):
     """A fresh model trained for the validated epoch count on train + validation events (never
     the test ones). Popularity is recounted on the same events, for the baseline and the export.
-    Needs split=loo (TrainConfig checks it)."""
+    Needs split=loo (TrainConfig checks it); each epoch at the first fit's learning rate."""
+    epochs = first.best_epoch
     rows = prep.split.train_with_valid
     prep.popularity = np.bincount(prep.cols.items[rows.flat()], minlength=len(prep.index) + 1)
     prep.popularity[0] = 0
@@ -232,7 +233,8 @@ def _refit(cfg: TrainConfig, prep: Prepared, epochs: int, work: Path, resume: bo
     if not resume and checkpoint.exists():
         checkpoint.unlink()
     log.info("refitting on train + validation events for %d epochs", epochs)
-    hist = fit(model, data, dataclasses.replace(cfg, epochs=max(1, epochs)), sampler, None, checkpoint)
+    schedule = [row.get("lr", cfg.lr) for row in first.epochs[:max(1, epochs)]]
+    hist = fit(model, data, dataclasses.replace(cfg, epochs=max(1, epochs)), sampler, None, checkpoint, schedule)
     return model, hist, data
 
 
@@ -307,7 +309,7 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     validated = hist
     if cfg.refit_on_validation:
         t_fit = time.perf_counter()
-        model, hist, refit_data = _refit(cfg, prep, hist.best_epoch, work, resume)
+        model, hist, refit_data = _refit(cfg, prep, hist, work, resume)
         fit_wall = time.perf_counter() - t_fit
         clock.lap("refit")
         fits.append(fit_record("refit", "train+validation", hist, len(refit_data), refit_data.num_events,

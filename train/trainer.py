@@ -41,6 +41,7 @@ class History:
     best_ndcg: float = -1.0
     best_epoch: int = -1
     bad_evals: int = 0
+    lr: float = 0.0  # the learning rate now, after any reduce-on-plateau decay (0: cfg.lr, not started)
     train_seconds: float = 0.0
     sequences_seen: int = 0
     events_seen: int = 0
@@ -53,10 +54,12 @@ def _rank_world():
 
 
 def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler: CandidateSampler,
-        validate: Optional[Callable[[SequenceModel], Dict[str, float]]], checkpoint: Optional[Path] = None) -> History:
+        validate: Optional[Callable[[SequenceModel], Dict[str, float]]], checkpoint: Optional[Path] = None,
+        lr_schedule: Optional[List[float]] = None) -> History:
     """Train in place; leaves the best-validated weights in `model` (with validate=None: the
     weights after the last epoch). Resumes from `checkpoint` when it exists (same seed and data
-    give the same result as an uninterrupted run)."""
+    give the same result as an uninterrupted run). `lr_schedule`: each epoch's learning rate, given
+    (a refit replays its first fit's reduce-on-plateau decays, having no validation of its own)."""
     rank, world = _rank_world()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -76,10 +79,15 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
         best_state = ck["best_model"]; gen.set_state(ck["generator"]); torch.set_rng_state(ck["torch_rng"])
         hist = History(**ck["history"]); start_epoch = ck["epoch"] + 1
         log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
+    hist.lr = hist.lr or cfg.lr
+    opt.set_lr(hist.lr)
 
     log_q = sampler.log_q if (cfg.negatives == "popularity" and cfg.logq) else None
     n = len(data)
     for epoch in range(start_epoch, cfg.epochs):
+        if lr_schedule:
+            hist.lr = lr_schedule[min(epoch, len(lr_schedule) - 1)]
+            opt.set_lr(hist.lr)
         model.train()
         t0 = time.perf_counter()
         batches = _length_bucketed_batches(data.lengths, cfg.batch_size, gen)
@@ -103,7 +111,8 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
         hist.train_seconds += seconds; hist.sequences_seen += seqs; hist.events_seen += events
         row = {"epoch": epoch + 1, "loss": total / max(seqs, 1), "seconds": seconds,
                "sequences_per_s": seqs / seconds, "events_per_s": events / seconds,
-               "temperature": float(model.temperature().detach())}  # |w|: how sharp the softmax has become
+               "temperature": float(model.temperature().detach()),  # |w|: how sharp the softmax has become
+               "lr": hist.lr}
         stop = False
         if validate is None:
             best_state, hist.best_epoch = copy.deepcopy(model.state_dict()), epoch + 1
@@ -120,15 +129,17 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
             else:
                 hist.bad_evals += 1
                 stop = hist.bad_evals >= cfg.patience
+                hist.lr *= cfg.lr_decay  # reduce on plateau (end_epoch has flushed CatchUpAdam's moves)
         hist.epochs.append(row)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
         if cfg.max_train_seconds and hist.train_seconds >= cfg.max_train_seconds:
             log.info("time budget of %.0f s reached", cfg.max_train_seconds)
             stop = True
-        if world > 1:  # every rank must take the same early-stopping decision
-            flag = [stop]
+        if world > 1:  # every rank must take the same early-stopping and learning-rate decisions
+            flag = [stop, hist.lr]
             dist.broadcast_object_list(flag, src=0)
-            stop = flag[0]
+            stop, hist.lr = flag
+        opt.set_lr(hist.lr)
         if checkpoint is not None and rank == 0:
             _save(checkpoint, model, opt, best_state, gen, hist, epoch, cfg)
         if stop:
