@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.index_quality artifacts/amazon-beauty                  # HNSW and IVF grids
     .venv/bin/python -m bench.index_quality DIR --kinds hnsw --ef-search 32,64,128 --max-users 5000
+    .venv/bin/python -m bench.index_quality DIR --kinds hnsw --hnsw 'M=32;M=32,bits=8'   # float vs 8-bit graph
 
 The test users are rebuilt from the export's train_config (train.pipeline.prepare: same data, same
 split, same sample when max_test_users is set), their tastes from its model.pt. Both paths rank
@@ -35,7 +36,7 @@ import torch
 from bench.provenance import git_commit, load_average
 from handler.seqrec_artifact import verify_export
 from handler.seqrec_catalogue import Catalogue
-from handler.seqrec_index import KNOBS, CandidateIndex, IndexSpec, build
+from handler.seqrec_index import CandidateIndex, IndexSpec, build
 from handler.seqrec_scoring import chunked_topk
 from handler.seqrec_twostage import shortlist_topk
 from train.config import TrainConfig
@@ -101,7 +102,7 @@ def own_index(meta: Dict[str, Any], spec: IndexSpec, search_knob: str):
     """The export's own index record when it is of this kind, built with these knobs over every
     available item (so measuring it needs no build: minutes at 2M items); else None."""
     info = meta.get("index") or {}
-    same = info.get("kind") == spec.kind and all(int(info.get(k, -1)) == v for k, v in spec.knobs.items()
+    same = info.get("kind") == spec.kind and all(v == IndexSpec.of(info).knobs[k] for k, v in spec.knobs.items()
                                                  if k != search_knob)
     return info if same and info.get("live") == info.get("entries") else None
 
@@ -116,9 +117,10 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("export")
     ap.add_argument("--kinds", default="hnsw,ivf")
-    ap.add_argument("--hnsw", default="M=32,ef_construction=200", help="HNSW build knobs")
+    ap.add_argument("--hnsw", default="M=32,ef_construction=200",
+                    help="HNSW build knobs; several builds separated by ';' (e.g. 'M=32;M=32,bits=8')")
     ap.add_argument("--ef-search", default="16,32,64,128,256")
-    ap.add_argument("--ivf", default="nlist=1024", help="IVF build knobs")
+    ap.add_argument("--ivf", default="nlist=1024", help="IVF build knobs; several separated by ';'")
     ap.add_argument("--nprobe", default="1,4,8,16,32,64")
     ap.add_argument("--max-users", type=int, default=0, help="0: every test user the export was evaluated on")
     ap.add_argument("--threads", type=int, default=1)
@@ -141,8 +143,9 @@ def main(argv=None) -> int:
     grid = {"hnsw": ("ef_search", args.ef_search, args.hnsw), "ivf": ("nprobe", args.nprobe, args.ivf)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in args.kinds.split(","):
-            knob, values, build_knobs = grid[kind]
+        builds = [(kind, b) for kind in args.kinds.split(",") for b in grid[kind][2].split(";")]
+        for kind, build_knobs in builds:
+            knob, values = grid[kind][:2]
             spec = IndexSpec.parse(f"{kind}:{build_knobs}")
             info, where, build_s = own_index(meta, spec, knob), export, None
             if info is None:
@@ -157,7 +160,7 @@ def main(argv=None) -> int:
                 index = CandidateIndex.load(where, {"index": info}, **{knob: v}, threads=args.threads)
                 ranks, recall, secs = index_ranks(tastes, targets, banned, cat, index, exact_top)
                 q = quality(ranks)
-                row = {"kind": kind, **{k: info[k] for k in KNOBS[kind] if k != knob}, knob: v, **q,
+                row = {"kind": kind, **{k: v_ for k, v_ in IndexSpec.of(info).knobs.items() if k != knob}, knob: v, **q,
                        "HR_ratio": q[f"HR@{K}"] / exact[f"HR@{K}"] if exact[f"HR@{K}"] else None,
                        "NDCG_ratio": q[f"NDCG@{K}"] / exact[f"NDCG@{K}"] if exact[f"NDCG@{K}"] else None,
                        f"recall@{K}": recall, "ms_per_user": 1000 * secs / len(tastes), "build_s": build_s}

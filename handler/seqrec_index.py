@@ -32,8 +32,12 @@ log = logging.getLogger(__name__)
 
 # Defaults from measurements on trained vectors (amazon-beauty, 54k items): HNSW M=32 kept
 # 0.997 / 0.995 of exact HR@10 / NDCG@10 at efSearch 64; IVF needed nprobe 32 of 256 lists for 0.98.
-KNOBS = {"hnsw": {"M": 32, "ef_construction": 200, "ef_search": 64},
+# HNSW `bits`: how the graph stores each vector for its distance computations: 32 = float, 8 / 16 =
+# faiss scalar-quantised codes (a quarter / half the bytes a visit reads); either way the exact
+# re-rank over the float item vectors decides the order and the score.
+KNOBS = {"hnsw": {"M": 32, "ef_construction": 200, "ef_search": 64, "bits": 32},
          "ivf": {"nlist": 1024, "nprobe": 32}}
+BITS = (8, 16, 32)
 SEARCH_KNOBS = ("ef_search", "nprobe")
 # "auto": exact below this many available items, where a full scan costs a few ms at most.
 AUTO_MIN_ITEMS = 100_000
@@ -69,7 +73,15 @@ class IndexSpec:
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"{kind}: {key} must be a positive integer, got {value!r}")
             knobs[key] = int(value)
+        if kind == "hnsw" and knobs["bits"] not in BITS:
+            raise ValueError(f"hnsw: bits must be one of {', '.join(map(str, BITS))}, got {knobs['bits']}")
         return cls(kind, knobs)
+
+    @classmethod
+    def of(cls, info: Dict[str, Any]) -> "IndexSpec":
+        """The build spec of an export's index record (knobs an older export lacks: the defaults)."""
+        kind = info["kind"]
+        return cls(kind, {k: int(info.get(k, v)) for k, v in KNOBS[kind].items()})
 
     def resolved(self, available: int) -> "IndexSpec":
         """'auto' decided for a catalogue of this many available items."""
@@ -106,7 +118,13 @@ def _new_index(spec: IndexSpec, vectors: np.ndarray):
     faiss = _faiss()
     d = vectors.shape[1]
     if spec.kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(d, spec.knobs["M"], faiss.METRIC_INNER_PRODUCT)
+        bits, metric = spec.knobs.get("bits", 32), faiss.METRIC_INNER_PRODUCT
+        if bits == 32:
+            inner = faiss.IndexHNSWFlat(d, spec.knobs["M"], metric)
+        else:  # per-dimension ranges from the vectors at build; a catalogue update's clip to them
+            qtype = faiss.ScalarQuantizer.QT_8bit if bits == 8 else faiss.ScalarQuantizer.QT_fp16
+            inner = faiss.IndexHNSWSQ(d, qtype, spec.knobs["M"], metric)
+            inner.train(np.ascontiguousarray(vectors, dtype=np.float32))
         inner.hnsw.efConstruction = spec.knobs["ef_construction"]
         return faiss.IndexIDMap2(inner)  # the Python wrapper keeps `inner` alive with it
     nlist = max(1, min(spec.knobs["nlist"], len(vectors) // 39))  # faiss wants >= 39 points a list
@@ -140,7 +158,7 @@ def update(info: Dict[str, Any], src: Path, out: Path, vectors: np.ndarray, avai
     kind = info.get("kind", "none")
     if kind == "none":
         return {"kind": "none"}
-    spec = IndexSpec(kind, {k: int(info[k]) for k in KNOBS[kind]})
+    spec = IndexSpec.of(info)
     available = np.asarray(available, dtype=bool)
     fresh = np.r_[added, changed].astype(np.int64)
     fresh = fresh[available[fresh - 1]] if len(fresh) else fresh

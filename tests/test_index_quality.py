@@ -21,7 +21,7 @@ def test_index_quality_matches_exact_when_the_search_is_exhaustive(tmp_path):
     export = tmp_path / "tiny"
     summary = run(TrainConfig.from_dict(TINY), export)
     out = tmp_path / "index_quality.json"
-    args = ["--kinds", "hnsw,ivf", "--hnsw", "M=8,ef_construction=40", "--ef-search", "4,400",
+    args = ["--kinds", "hnsw,ivf", "--hnsw", "M=8,ef_construction=40;M=8,ef_construction=40,bits=8", "--ef-search", "4,400",
             "--ivf", "nlist=8", "--nprobe", "1,8", "--out", str(out)]
     assert index_quality([str(export), *args]) == 0
     assert index_quality([str(export), "--label", "again", *args]) == 0
@@ -33,9 +33,10 @@ def test_index_quality_matches_exact_when_the_search_is_exhaustive(tmp_path):
     # items in the catalogue the exact figure is not the training summary's (which ranks all).
     assert r["users"] == summary["test"]["model"]["users"]
     assert r["available"] < r["items"] and 0 < r["exact"]["HR@10"] <= 1
-    rows = {(g["kind"], g.get("ef_search", g.get("nprobe"))): g for g in r["grid"]}
-    assert set(rows) == {("hnsw", 4), ("hnsw", 400), ("ivf", 1), ("ivf", 8)}
-    for full in (rows[("hnsw", 400)], rows[("ivf", 8)]):  # every list / the whole graph searched
+    rows = {(g["kind"], g.get("bits"), g.get("ef_search", g.get("nprobe"))): g for g in r["grid"]}
+    assert set(rows) == {("hnsw", 32, 4), ("hnsw", 32, 400), ("hnsw", 8, 4), ("hnsw", 8, 400),
+                         ("ivf", None, 1), ("ivf", None, 8)}
+    for full in (rows[("hnsw", 32, 400)], rows[("hnsw", 8, 400)], rows[("ivf", None, 8)]):  # all searched
         assert full["recall@10"] == pytest.approx(1.0) and full["HR_ratio"] == pytest.approx(1.0)
         assert full["NDCG_ratio"] == pytest.approx(1.0)
     assert all(0 <= g["recall@10"] <= 1 and g["ms_per_user"] > 0 for g in r["grid"])

@@ -3,6 +3,7 @@ new best, reaches both optimizers (CatchUpAdam included), survives a resume, and
 the first fit's rates epoch by epoch."""
 import numpy as np
 import pytest
+import torch
 
 from train.config import TrainConfig
 from train.errors import UserError
@@ -82,3 +83,9 @@ def test_given_schedule_sets_each_epochs_rate():
     data = SequentialDataset(model, prep.cols, prep.split.train)
     hist = fit(model, data, cfg, CandidateSampler(len(prep.index), cfg.sample_size), None, None, [0.01, 0.004])
     assert [row["lr"] for row in hist.epochs] == [0.01, 0.004, 0.004]
+    # ... and the optimizers use it: at a vanishing rate neither the LSTM nor the item table moves
+    still = build_model(cfg, prep)
+    before = {k: v.clone() for k, v in still.state_dict().items()}
+    fit(still, data, cfg, CandidateSampler(len(prep.index), cfg.sample_size), None, None, [1e-12])
+    for name, value in still.state_dict().items():
+        assert torch.allclose(value, before[name], atol=1e-6), name

@@ -64,7 +64,7 @@ class TrainConfig:
                                      # several training seeds can be compared on one dataset
     version: str = ""                # model version written to metadata ("" = timestamp)
     index: str = "auto"              # candidate index of the export: auto (hnsw from 100k items) | none |
-                                     # hnsw[:M=32,ef_construction=200,ef_search=64] | ivf[:nlist=1024,nprobe=32]
+                                     # hnsw[:M=32,ef_construction=200,ef_search=64,bits=32|16|8] | ivf[:nlist=1024,nprobe=32]
     cold_start_items: float = 0.0    # >0: hold this fraction of items out of training and report
                                      # their cold-start ranking from content (train/coldstart.py)
     model: ModelConfig = field(default_factory=ModelConfig)

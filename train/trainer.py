@@ -131,7 +131,7 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
                 stop = hist.bad_evals >= cfg.patience
                 hist.lr *= cfg.lr_decay  # reduce on plateau (end_epoch has flushed CatchUpAdam's moves)
         hist.epochs.append(row)
-        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
+        log.info("epoch %d: %s", epoch + 1, {k: float(f"{v:.4g}") for k, v in row.items()})
         if cfg.max_train_seconds and hist.train_seconds >= cfg.max_train_seconds:
             log.info("time budget of %.0f s reached", cfg.max_train_seconds)
             stop = True

@@ -25,6 +25,12 @@ def hnsw_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def hnsw8_export(tmp_path_factory):  # the graph over 8-bit codes; the re-rank stays exact
+    return make_export(tmp_path_factory.mktemp("hnsw8"), num_items=N, clusters=40,
+                       index_spec="hnsw:M=16,ef_construction=80,ef_search=128,bits=8")
+
+
+@pytest.fixture(scope="module")
 def ivf_export(tmp_path_factory):
     # nprobe 1 of ~15 lists: a shortlist of ~40 items, so exclusions can eat it
     return make_export(tmp_path_factory.mktemp("ivf"), num_items=600, clusters=15,
@@ -56,7 +62,9 @@ def random_requests(cat: Catalog, n: int, seed: int = 1):
     return out
 
 
-def test_index_answers_equal_exact_for_most_requests_and_all_obey_the_contract(hnsw_export):
+@pytest.mark.parametrize("which", ["hnsw_export", "hnsw8_export"])
+def test_index_answers_equal_exact_for_most_requests_and_all_obey_the_contract(which, request):
+    hnsw_export = request.getfixturevalue(which)
     index, exact = load_handler(hnsw_export), load_handler(hnsw_export, yaml_config=EXACT)
     assert index[0].index is not None and index[0].index.kind == "hnsw" and exact[0].index is None
     cat = Catalog.from_export(hnsw_export)
@@ -128,6 +136,7 @@ def test_model_yaml_selects_scoring_and_refuses_typos(export_dir, hnsw_export):
     ("flat", "index kind must be one of hnsw, ivf, none, auto; got 'flat'"),
     ("ivf:nlist=8,M=3", "index ivf: unknown knob 'M=3' (knobs: nlist, nprobe)"),
     ("none:M=1", "index 'none' takes no knobs, got 'M=1'"),
+    ("hnsw:bits=4", "index hnsw: bits must be one of 8, 16, 32, got 4"),
 ])
 def test_a_bad_index_option_is_refused_naming_it(text, message):
     from train.config import TrainConfig
@@ -141,8 +150,33 @@ def test_a_bad_index_option_is_refused_naming_it(text, message):
 def test_index_spec_defaults_and_auto():
     from handler.seqrec_index import AUTO_DEEP_EF, AUTO_DEEP_ITEMS, AUTO_MIN_ITEMS, IndexSpec
 
-    assert IndexSpec.parse("hnsw:ef_search=32").knobs == {"M": 32, "ef_construction": 200, "ef_search": 32}
+    assert IndexSpec.parse("hnsw:ef_search=32").knobs == {"M": 32, "ef_construction": 200, "ef_search": 32, "bits": 32}
+    # an export written before `bits` existed holds float vectors
+    assert IndexSpec.of({"kind": "hnsw", "M": 16, "ef_construction": 80, "ef_search": 64}).knobs["bits"] == 32
     assert IndexSpec.parse("auto").resolved(AUTO_MIN_ITEMS - 1).kind == "none"
     assert IndexSpec.parse("auto").resolved(AUTO_MIN_ITEMS).kind == "hnsw"
     assert IndexSpec.parse("auto").resolved(AUTO_MIN_ITEMS).knobs["ef_search"] == 64
     assert IndexSpec.parse("auto").resolved(AUTO_DEEP_ITEMS).knobs["ef_search"] == AUTO_DEEP_EF
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_quantised_hnsw_builds_grows_and_loads(tmp_path, bits):
+    from handler.seqrec_artifact import INDEX_FILE
+    from handler.seqrec_index import CandidateIndex, IndexSpec, build, update
+
+    rng = np.random.default_rng(0)
+    vec = rng.normal(size=(501, 16)).astype(np.float32)
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    vec[0] = 0
+    available = np.ones(500, dtype=bool)
+    available[400:] = False  # items 401..500 arrive with the update
+    (tmp_path / "a").mkdir(); (tmp_path / "b").mkdir()
+    info = build(IndexSpec.parse(f"hnsw:M=16,ef_construction=80,ef_search=64,bits={bits}"), vec, available,
+                 tmp_path / "a" / INDEX_FILE)
+    assert (info["kind"], info["bits"], info["entries"]) == ("hnsw", bits, 400)
+    available[400:] = True
+    grown = update(info, tmp_path / "a", tmp_path / "b", vec, available, np.arange(401, 501), np.empty(0, np.int64))
+    assert (grown["bits"], grown["entries"], grown["rebuilt"]) == (bits, 500, False)
+    index = CandidateIndex.load(tmp_path / "b", {"index": grown})
+    found = index.search(vec[1:], 1)[:, 0]
+    assert (found == np.arange(1, 501)).mean() > 0.95  # each item is its own nearest neighbour
