@@ -102,8 +102,10 @@ def own_index(meta: Dict[str, Any], spec: IndexSpec, search_knob: str):
     """The export's own index record when it is of this kind, built with these knobs over every
     available item (so measuring it needs no build: minutes at 2M items); else None."""
     info = meta.get("index") or {}
-    same = info.get("kind") == spec.kind and all(v == IndexSpec.of(info).knobs[k] for k, v in spec.knobs.items()
-                                                 if k != search_knob)
+    if info.get("kind") != spec.kind:
+        return None
+    built = IndexSpec.of(info).knobs
+    same = all(v == built[k] for k, v in spec.knobs.items() if k != search_knob)
     return info if same and info.get("live") == info.get("entries") else None
 
 
@@ -156,11 +158,12 @@ def main(argv=None) -> int:
                 where = Path(tmp)
             else:
                 log.info("%s: the export's own index (%s), not rebuilt", kind, info)
+            built = {k: v for k, v in IndexSpec.of(info).knobs.items() if k != knob}
             for v in map(int, values.split(",")):
                 index = CandidateIndex.load(where, {"index": info}, **{knob: v}, threads=args.threads)
                 ranks, recall, secs = index_ranks(tastes, targets, banned, cat, index, exact_top)
                 q = quality(ranks)
-                row = {"kind": kind, **{k: v_ for k, v_ in IndexSpec.of(info).knobs.items() if k != knob}, knob: v, **q,
+                row = {"kind": kind, **built, knob: v, **q,
                        "HR_ratio": q[f"HR@{K}"] / exact[f"HR@{K}"] if exact[f"HR@{K}"] else None,
                        "NDCG_ratio": q[f"NDCG@{K}"] / exact[f"NDCG@{K}"] if exact[f"NDCG@{K}"] else None,
                        f"recall@{K}": recall, "ms_per_user": 1000 * secs / len(tastes), "build_s": build_s}

@@ -118,7 +118,7 @@ def _new_index(spec: IndexSpec, vectors: np.ndarray):
     faiss = _faiss()
     d = vectors.shape[1]
     if spec.kind == "hnsw":
-        bits, metric = spec.knobs.get("bits", 32), faiss.METRIC_INNER_PRODUCT
+        bits, metric = spec.knobs["bits"], faiss.METRIC_INNER_PRODUCT
         if bits == 32:
             inner = faiss.IndexHNSWFlat(d, spec.knobs["M"], metric)
         else:  # per-dimension ranges from the vectors at build; a catalogue update's clip to them
