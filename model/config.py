@@ -105,6 +105,7 @@ class ModelConfig:
     embedding_dim: int = 64            # item vector size D
     hidden_dim: int = 128              # LSTM state size
     num_layers: int = 1
+    lstm_bias: bool = False            # gate biases in the LSTM; the seed's LSTM has none
     dropout: float = 0.1
     total_length: int = 50             # histories are padded/truncated to this many events
     freeze_item_vectors: bool = False  # seed stage 1: fixed (pretrained) item representation

@@ -125,7 +125,7 @@ class SequenceModel(nn.Module):
 
         self.input_dropout = nn.Dropout(config.dropout)
         self.lstm = nn.LSTM(d + n_feat * fd, config.hidden_dim, num_layers=config.num_layers,
-                            bias=False, batch_first=True,
+                            bias=config.lstm_bias, batch_first=True,
                             dropout=config.dropout if config.num_layers > 1 else 0.0)
         self.output_dropout = nn.Dropout(config.dropout)
         self.rnn2item = nn.Linear(config.hidden_dim, d)

@@ -104,3 +104,18 @@ def test_feature_dropout_only_in_training():
     torch.manual_seed(0)
     outs = {tuple(m.sequence_tastes(items, feats)[0, -1].tolist()) for _ in range(5)}
     assert len(outs) > 1
+
+
+def test_lstm_gate_biases_are_a_switch_off_by_default():
+    # The seed's LSTM has no biases; configs saved before the switch existed read as the seed's.
+    assert not any("bias" in n for n, _ in make().lstm.named_parameters())
+    assert ModelConfig.from_dict({"num_items": 5}).lstm_bias is False
+    m = make(lstm_bias=True)
+    biases = [p for n, p in m.lstm.named_parameters() if "bias" in n]
+    assert len(biases) == 2 and all(p.requires_grad for p in biases)
+    items, feats, lengths = m.pad([[1, 2, 3], [4]], [[], []])
+    m(items, feats, lengths).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in biases)
+    m.eval()
+    s = torch.jit.script(m)
+    assert torch.allclose(s(items, feats, lengths), m(items, feats, lengths), atol=1e-6)
