@@ -24,7 +24,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from train.sequences import encode_cases, seen_items
 log = logging.getLogger("ablation")
 METRICS = ("HR@10", "NDCG@10")
 REFERENCE = "2"  # differences are reported against this stage
+REQUEST = "ablation_request.json"  # beside a finished run: the config it was asked to train (--reuse)
 ORDER = ["ml-latest-small", "synthetic", "amazon-beauty"]  # chart and table order
 
 
@@ -66,11 +67,19 @@ def paired_diff(a: np.ndarray, b: np.ndarray, seed: int) -> Dict[str, Any]:
     return boot_mean(a - b, seed)
 
 
-def run_stage(base: TrainConfig, overrides: List[str], seed: int, out: Path):
-    """One training run of a stage: (summary row, per-user test metrics of its scripted export)."""
+def run_stage(base: TrainConfig, overrides: List[str], seed: int, out: Path, reuse: bool = False):
+    """One training run of a stage: (summary row, per-user test metrics of its scripted export).
+    With reuse, a finished run in `out` with exactly this config is read back instead of retrained
+    (an interrupted ablation goes on where it stopped; a changed config always retrains)."""
     cfg = base.override(overrides + [f"seed={seed}"])
     t0 = time.perf_counter()
-    s = run(cfg, out, resume=False)
+    s = finished_run(cfg, out) if reuse else None
+    reused = s is not None
+    if s is None:
+        request = _jsonable(cfg.to_dict())  # before run(): it fills cfg.model in from the data
+        (out / REQUEST).unlink(missing_ok=True)
+        s = run(cfg, out, resume=False)
+        (out / REQUEST).write_text(json.dumps(request, indent=2))
     per_user = per_user_test(TrainConfig.from_dict(s["config"]), out)
     test = s["test"]
     row = {"seed": seed, **{k: test["model"][k] for k in METRICS},
@@ -78,14 +87,33 @@ def run_stage(base: TrainConfig, overrides: List[str], seed: int, out: Path):
            "epochs": s["epochs"], "best_epoch": s["fits"][0]["best_epoch"],
            "best_valid_NDCG@10": s["fits"][0]["best_valid_NDCG@10"],
            "seconds_to_best": round(s["fits"][0]["seconds_to_best"], 1),
-           "train_seconds": round(s["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - t0, 1)}
+           "train_seconds": round(s["train_seconds"], 1),
+           "wall_seconds": round(s["wall_seconds"] if reused else time.perf_counter() - t0, 1)}
+    if reused:
+        row["reused"] = True
     log.info("seed %d: HR@10 %.4f NDCG@10 %.4f (%d epochs, %.0f s)", seed, row["HR@10"], row["NDCG@10"],
              s["epochs"], s["train_seconds"])
     return row, per_user, test
 
 
+def finished_run(cfg: TrainConfig, out: Path) -> Optional[Dict[str, Any]]:
+    """The summary of a completed run in `out` trained with exactly `cfg`, else None. The request is
+    compared (REQUEST, written once the run finished), not summary's config: training fills in what
+    it learns from the data (item count, vocabularies)."""
+    summary, request = out / "train" / "summary.json", out / REQUEST
+    if not (summary.exists() and request.exists()):
+        return None
+    if json.loads(request.read_text()) != _jsonable(cfg.to_dict()):
+        return None
+    return json.loads(summary.read_text())
+
+
+def _jsonable(d: Dict[str, Any]) -> Dict[str, Any]:
+    return json.loads(json.dumps(d, default=str))
+
+
 def run_dataset(spec: Dict[str, Any], name: str, stages: List[str], artifacts: Path,
-                n_seeds: int = 0) -> Dict[str, Any]:
+                n_seeds: int = 0, reuse: bool = False) -> Dict[str, Any]:
     """Every stage trained once per seed (spec "seeds", or the first n_seeds of 0, 1, ...). A stage's
     figure is the mean over seeds; its interval is a bootstrap over test users of each user's
     seed-averaged metric (training noise is in the per-seed rows and their spread)."""
@@ -95,7 +123,7 @@ def run_dataset(spec: Dict[str, Any], name: str, stages: List[str], artifacts: P
     for stage, overrides in spec["stages"].items():
         if stages and stage not in stages:
             continue
-        runs = [run_stage(base, overrides, seed, artifacts / name / stage.replace("+", "_") / f"seed{seed}")
+        runs = [run_stage(base, overrides, seed, artifacts / name / stage.replace("+", "_") / f"seed{seed}", reuse)
                 for seed in seeds]
         per_seed_user[stage] = [u for _, u, _ in runs]
         per_user[stage] = {k: np.mean([u[k] for u in per_seed_user[stage]], axis=0) for k in METRICS}
@@ -179,6 +207,8 @@ def main(argv=None) -> int:
     ap.add_argument("--artifacts", default=str(ROOT / "artifacts/ablation"))
     ap.add_argument("--seeds", type=int, default=0,
                     help="training seeds 0..N-1 per stage (default: each config's \"seeds\")")
+    ap.add_argument("--reuse", action="store_true",
+                    help="read back finished runs under --artifacts trained with the same config")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out_path = Path(args.out)
@@ -195,7 +225,7 @@ def main(argv=None) -> int:
         if name != "synthetic" and not (data_dir() / name).is_dir():
             log.warning("skipping %s: not found under %s (set SEQREC_DATA)", name, data_dir())
             continue
-        r = run_dataset(spec, name, args.stages or [], Path(args.artifacts), args.seeds)
+        r = run_dataset(spec, name, args.stages or [], Path(args.artifacts), args.seeds, args.reuse)
         r["config_file"] = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
         r["commit"] = git_commit(["model", "train", "bench/ablation.py", "bench/configs"])
         results["datasets"][name] = r
