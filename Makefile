@@ -110,7 +110,7 @@ bench-scale: setup
 .PHONY: bench-search
 bench-search: setup
 	$(PY) -m bench.search --config bench/configs/quality-amazon-beauty.json --trials $(or $(TRIALS),20) \
-		$(if $(STUDY),--study $(STUDY)) $(if $(ENQUEUE),--enqueue $(ENQUEUE))
+		$(if $(STUDY),--study $(STUDY)) $(if $(ENQUEUE),--enqueue $(ENQUEUE)) $(if $(SEEDS),--seeds $(SEEDS))
 
 # Peers side by side (issue 13, item 4): RecTools' SASRec and implicit's ALS on the project's own
 # split, ranked by the project's evaluator -> bench/results/peers.json. In their own venv,

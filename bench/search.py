@@ -8,7 +8,11 @@ Each trial trains the config with its suggested values exactly as the first fit 
 `python -m train` does (all events but each user's last two, early stopping on the validation
 sample's NDCG@10) and is scored by its best validation NDCG@10. Test cases are never encoded,
 scored or read here: the test figure of a chosen recipe comes from bench/quality.py afterwards.
-A new study's first trial is the recipe as given. The study lives in an SQLite file under artifacts/search/ (resumable across sessions); every
+A new study's first trial is the recipe as given. With --seeds N a trial is trained N times
+(training seeds: initial weights, batches, negatives) and scored by the mean; the validation users
+are the same for every seed and trial (drawn with the recipe's seed), so configs are compared on
+one sample and a one-seed difference below the seed-to-seed spread is not taken for a gain.
+The study lives in an SQLite file under artifacts/search/ (resumable across sessions); every
 trial, pruned ones included, is written to bench/results/search-<data>.json with the commit and
 load average, and the best trial's full config to --best-config if given.
 """
@@ -18,10 +22,11 @@ import argparse
 import dataclasses
 import json
 import logging
+import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List, Optional
 
 import optuna
 import torch
@@ -73,15 +78,17 @@ def base_params(cfg: TrainConfig) -> Dict[str, Any]:
             "sample_size": cfg.sample_size, "negatives": cfg.negatives}
 
 
-def train_on_validation(cfg: TrainConfig, prep: Prepared, report: Callable[[int, float], None]) -> Dict[str, Any]:
+def train_on_validation(cfg: TrainConfig, prep: Prepared, report: Callable[[int, float], None],
+                        valid_seed: Optional[int] = None) -> Dict[str, Any]:
     """The first fit of train.pipeline.run, without its test evaluation and export: the best
     validation figures and the epochs. `report(epoch, ndcg)` after each validation (it may raise
-    optuna.TrialPruned)."""
+    optuna.TrialPruned). The validation sample is drawn with valid_seed (default: cfg.seed, as
+    train.pipeline.run draws it)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, prep)
     data = SequentialDataset(model, prep.cols, prep.split.train)
     sampler = CandidateSampler(len(prep.index), cfg.sample_size, torch.as_tensor(prep.popularity), cfg.negatives)
-    valid = prep.split.valid.subset(cfg.max_eval_users, cfg.seed)
+    valid = prep.split.valid.subset(cfg.max_eval_users, cfg.seed if valid_seed is None else valid_seed)
     inputs, targets = encode_cases(model, prep.cols, valid), torch.as_tensor(valid.targets)
     seen_valid = seen_items(prep.cols, valid)
     seen = []
@@ -96,6 +103,14 @@ def train_on_validation(cfg: TrainConfig, prep: Prepared, report: Callable[[int,
     hist = fit(model, data, cfg, sampler, validate, None)
     return {"valid_" + METRIC: max(seen), "best_epoch": hist.best_epoch, "epochs": len(hist.epochs),
             "train_seconds": round(hist.train_seconds, 1), "valid_curve": [round(x, 5) for x in seen]}
+
+
+def seed_mean(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """A trial trained with several seeds: the mean best validation figure, its spread, and each
+    seed's own row."""
+    best = [r["valid_" + METRIC] for r in runs]
+    return {"valid_" + METRIC: statistics.fmean(best), "valid_" + METRIC + "_seed_std": statistics.stdev(best),
+            "train_seconds": round(sum(r["train_seconds"] for r in runs), 1), "per_seed": runs}
 
 
 def _parse_picked(spec: str) -> Dict[str, Any]:
@@ -126,7 +141,11 @@ def main(argv=None) -> int:
                     help="hand-picked trials to run before the sampler's: each the recipe with these "
                          "searched values changed (e.g. model.dropout=0.5,sample_size=8192)")
     ap.add_argument("--best-config", type=Path, help="write the best trial's whole config here")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="training seeds a trial (the recipe's seed, +1, ...): scored by the mean")
     args = ap.parse_args(argv)
+    if args.seeds < 1:
+        ap.error("--seeds: at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     picked = [(spec, _parse_picked(spec)) for spec in args.enqueue]  # a typo fails before any work
     recipe = load_config(args.config, args.set)
@@ -154,6 +173,8 @@ def main(argv=None) -> int:
     def objective(trial: optuna.Trial) -> float:
         cfg = suggest(trial, base)
         trial.set_user_attr("commit", started["commit"])
+        # Per trial: a study resumed with another --seeds mixes one-seed and mean-of-seeds scores.
+        trial.set_user_attr("training_seeds", [base.seed + i for i in range(args.seeds)])
 
         def report(epoch: int, value: float) -> None:
             trial.report(value, epoch)
@@ -162,23 +183,30 @@ def main(argv=None) -> int:
                 raise optuna.TrialPruned()
 
         t0 = time.perf_counter()
+        runs: List[Dict[str, Any]] = []
         try:
-            res = train_on_validation(cfg, prep, report)
+            for i in range(args.seeds):  # pruning looks at the first seed's curve only
+                seeded = dataclasses.replace(cfg, seed=base.seed + i)
+                runs.append({"seed": seeded.seed, **train_on_validation(
+                    seeded, prep, report if i == 0 else lambda *_: None, valid_seed=base.seed)})
         finally:
             trial.set_user_attr("wall_seconds", round(time.perf_counter() - t0, 1))
-        for k, v in res.items():
+        for k, v in (runs[0] if args.seeds == 1 else seed_mean(runs)).items():
             trial.set_user_attr(k, v)
-        return res["valid_" + METRIC]
+        return trial.user_attrs["valid_" + METRIC]
 
     def write(*_) -> None:  # after every trial: a search stopped midway keeps what it measured
         trials = [record(t) for t in study.trials]
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         best = study.best_trial if done else None
         result = {"benchmark": "search", "study": name, "base_config": args.config, "overrides": args.set,
-                  "objective": f"best validation {METRIC} of the early-stopped first fit (test never evaluated)",
+                  "objective": f"best validation {METRIC} of the early-stopped first fit (test never evaluated); "
+                               "the mean over a trial's training_seeds when it has several",
+                  "validation_sample_seed": base.seed,
                   "sampler": "TPE (seed = config seed); a new study's first trial is the recipe as given, then the --enqueue trials (user attr 'picked')",
                   "pruner": "median, after 3 trials and 3 validations",
-                  "this_run": {**started, "load_average_now": load_average(), "trials_asked": args.trials},
+                  "this_run": {**started, "load_average_now": load_average(), "trials_asked": args.trials,
+                               "training_seeds": [base.seed + i for i in range(args.seeds)]},
                   "best": record(best) if best else None, "trials": trials}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")

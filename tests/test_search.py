@@ -56,3 +56,29 @@ def test_enqueued_trials_run_as_picked(tmp_path):
 def test_enqueue_values_are_json_or_bare_words():
     assert search._parse_picked("model.dropout=0.5,negatives=popularity,negatives2=\"uniform\"") == \
         {"model.dropout": 0.5, "negatives": "popularity", "negatives2": "uniform"}
+
+
+def test_seeds_train_a_trial_several_times_on_one_validation_sample(tmp_path, monkeypatch):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"data": "synthetic", "synthetic_users": 300, "synthetic_items": 200,
+                                "epochs": 2, "patience": 1, "max_eval_users": 100, "seed": 3, "num_threads": 1}))
+    encoded = []
+    real_encode = search.encode_cases
+    monkeypatch.setattr(search, "encode_cases", lambda model, cols, cases: encoded.append(cases) or
+                        real_encode(model, cols, cases))
+    args = ["--config", str(base), "--storage", f"sqlite:///{tmp_path / 's.db'}", "--out", str(tmp_path / "t.json"),
+            "--trials", "1", "--seeds", "2"]
+    assert search.main(args) == 0
+    out = json.loads((tmp_path / "t.json").read_text())
+    assert out["this_run"]["training_seeds"] == [3, 4] and out["validation_sample_seed"] == 3
+    (trial,) = out["trials"]
+    per_seed = trial["per_seed"]
+    assert [r["seed"] for r in per_seed] == [3, 4]
+    assert trial["training_seeds"] == [3, 4]
+    assert trial["value"] == pytest.approx(sum(r["valid_NDCG@10"] for r in per_seed) / 2)
+    assert trial["valid_NDCG@10"] == trial["value"]
+    # Both seeds are scored on the same 100 validation users, those a one-seed trial would use.
+    assert len(encoded) == 2 and (encoded[0].users == encoded[1].users).all()
+    prep = search.prepare(load_config(str(base), []))
+    assert (encoded[0].users == prep.split.valid.subset(100, 3).users).all()
+    assert len(encoded[0].users) == 100
