@@ -12,16 +12,24 @@ With refit_on_validation the config also refits a fresh model for the validated 
 train + validation events: a second row, labelled `refit`, never the headline (it trains on one
 more target per user than the anchors do). Epochs and patience decide when training stops, never
 wall time. Written to bench/results/quality.json with the commit and the load average around it.
+
+    python -m bench.quality --only ml-latest-small --seeds 3
+
+With --seeds N the recipe's first fit is also trained with seeds +1 .. +N-1 (initial weights,
+batches, negatives, the validation sample when it is one), no refit and no export: `seeds` holds
+each seed's anchors'-protocol test figures with their mean and spread, beside the headline model
+(the config's seed, the one exported). A bootstrap over users does not see training noise; this does.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,13 +82,34 @@ def dataset_record(s: Dict[str, Any], config_file: str, commit: str, load_start,
     }
 
 
+def seed_row(s: Dict[str, Any]) -> Dict[str, Any]:
+    f = s["fits"][0]  # the early-stopped fit: the anchors' protocol
+    return {"seed": s["config"]["seed"], **{k: f["test"]["model"][k] for k in CI_KEYS},
+            "epochs": f["epochs"], "best_epoch": f["best_epoch"], "best_valid_NDCG@10": f["best_valid_NDCG@10"],
+            "train_seconds": round(f["train_seconds"], 1)}
+
+
+def seeds_record(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Every seed's anchors'-protocol test figures, their mean and sample standard deviation."""
+    out: Dict[str, Any] = {"protocol": PROTOCOLS["early_stopped"], "per_seed": rows}
+    for k in CI_KEYS:
+        vals = [r[k] for r in rows]
+        out[k] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else None,
+                  "min": min(vals), "max": max(vals)}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="dataset names to run")
     ap.add_argument("--configs", default=str(ROOT / "bench/configs"), help="folder of quality-*.json")
     ap.add_argument("--out", default=str(ROOT / "bench/results/quality.json"))
     ap.add_argument("--artifacts", default=str(ROOT / "artifacts/bench"))
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="also train the first fit with this many seeds in all (the config's, +1, ...)")
     args = ap.parse_args(argv)
+    if args.seeds < 1:
+        ap.error("--seeds: at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
@@ -98,6 +127,12 @@ def main(argv=None) -> int:
         s = run(cfg, Path(args.artifacts) / cfg.data, resume=False)
         rel = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
         r = results["datasets"][cfg.data] = dataset_record(s, rel, commit, load_start, time.perf_counter() - t0)
+        rows = [seed_row(s)]
+        for i in range(1, args.seeds):  # the spread over training seeds: first fit only, loaded afresh
+            other = load_config(str(path), [f"seed={cfg.seed + i}", "refit_on_validation=false"])
+            rows.append(seed_row(run(other, Path(args.artifacts) / f"{cfg.data}-seed{other.seed}", resume=False)))
+        if args.seeds > 1:
+            r["seeds"] = {**seeds_record(rows), "load_average_end": load_average()}
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(results, indent=2))
         for name in ("headline", "refit"):
@@ -109,6 +144,11 @@ def main(argv=None) -> int:
                   f"NDCG@10 {m['NDCG@10']:.4f} [{ci['NDCG@10'][0]:.4f}, {ci['NDCG@10'][1]:.4f}] | popularity "
                   f"HR@10 {p['HR@10']:.4f} | {b['epochs']} epochs, best {b['best_epoch']} after "
                   f"{b['seconds_to_best']:.0f} s of {b['train_seconds']:.0f} s training")
+        if "seeds" in r:
+            sd = r["seeds"]
+            print(f"{cfg.data} over {len(rows)} seeds: " + ", ".join(
+                f"{k} {sd[k]['mean']:.4f} ± {sd[k]['std']:.4f} ({sd[k]['min']:.4f}-{sd[k]['max']:.4f})"
+                for k in CI_KEYS))
     return 0
 
 

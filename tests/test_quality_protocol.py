@@ -116,3 +116,28 @@ def test_quality_bench_writes_the_early_stopped_headline_and_the_refit_beside_it
     assert r["exported"] == "refit" and summary["test"] == second["test"]
     assert r["run"]["epochs"] == head["epochs"] + refit["epochs"]
     assert r["run"]["train_seconds"] == pytest.approx(head["train_seconds"] + refit["train_seconds"], abs=0.2)
+
+
+@pytest.mark.training
+def test_quality_bench_seeds_report_the_spread_over_training_seeds(tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    recipe = {"data": "synthetic", "synthetic_users": 200, "synthetic_items": 100, "epochs": 3, "patience": 2,
+              "batch_size": 32, "lr": 0.01, "sample_size": 64, "num_threads": 1, "index": "none", "seed": 5,
+              "refit_on_validation": True, "model": {"embedding_dim": 8, "hidden_dim": 16, "total_length": 10}}
+    (configs / "quality-synthetic.json").write_text(json.dumps(recipe))
+    out = tmp_path / "quality.json"
+    args = ["--configs", str(configs), "--out", str(out), "--artifacts", str(tmp_path / "art"), "--seeds", "2"]
+    assert quality_main(args) == 0
+    r = json.loads(out.read_text())["datasets"]["synthetic"]
+    first, second = r["seeds"]["per_seed"]
+    assert (first["seed"], second["seed"]) == (5, 6)
+    assert first["HR@10"] == r["headline"]["model"]["HR@10"]  # the exported model's own first fit
+    extra = json.loads((tmp_path / "art" / "synthetic-seed6" / "train" / "summary.json").read_text())
+    assert [f["name"] for f in extra["fits"]] == ["early_stopped"]  # no refit for the extra seeds
+    assert second["NDCG@10"] == extra["fits"][0]["test"]["model"]["NDCG@10"]
+    for k in ("HR@10", "NDCG@10"):
+        assert r["seeds"][k]["mean"] == pytest.approx((first[k] + second[k]) / 2)
+        assert r["seeds"][k]["min"] <= r["seeds"][k]["mean"] <= r["seeds"][k]["max"]
+    with pytest.raises(SystemExit):
+        quality_main(args[:-1] + ["0"])
