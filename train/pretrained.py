@@ -28,13 +28,14 @@ def svd_item_vectors(sequences: List[np.ndarray], num_items: int, dim: int, wind
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
     n = num_items + 1
     idx = torch.as_tensor(np.stack([np.r_[r, c], np.r_[c, r]]), dtype=torch.long)
-    co = torch.sparse_coo_tensor(idx, torch.ones(idx.size(1)), (n, n)).coalesce()
+    # Checked: an index past the catalogue would otherwise be undefined behaviour, not an error.
+    co = torch.sparse_coo_tensor(idx, torch.ones(idx.size(1)), (n, n), check_invariants=True).coalesce()
     i, v = co.indices(), co.values()
     total = v.sum()
     marg = torch.zeros(n).index_add_(0, i[0], v)
     pmi = torch.log(v * total / (marg[i[0]] * marg[i[1]]).clamp(min=1e-12)).clamp(min=0)
     keep = pmi > 0
-    m = torch.sparse_coo_tensor(i[:, keep], pmi[keep], (n, n)).coalesce()
+    m = torch.sparse_coo_tensor(i[:, keep], pmi[keep], (n, n), check_invariants=False).coalesce()  # a subset of co's
     torch.manual_seed(seed)
     q = min(dim, n - 1)
     u, s, _ = torch.svd_lowrank(m, q=q, niter=4)
