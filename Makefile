@@ -49,8 +49,10 @@ serve: setup $(DEMO_DIR)/metadata.json
 stop:
 	$(PY) -m devtools.serve --stop --workdir $(SERVE_DIR)
 
+# ml-latest-small with 3 training seeds (its spread is the larger noise there), then Beauty.
 bench-quality: setup
-	$(PY) -m bench.quality
+	$(PY) -m bench.quality --only ml-latest-small --seeds 3
+	$(PY) -m bench.quality --only amazon-beauty
 
 # Sparse vs dense item-table optimizer on amazon-beauty and ml-latest-small (~20 min alone).
 bench-optimizers: setup
