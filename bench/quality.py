@@ -16,7 +16,8 @@ wall time. Written to bench/results/quality.json with the commit and the load av
     python -m bench.quality --only ml-latest-small --seeds 3
 
 With --seeds N the recipe's first fit is also trained with seeds +1 .. +N-1 (initial weights,
-batches, negatives, the validation sample when it is one), no refit and no export: `seeds` holds
+batches, negatives, the validation sample when it is one), without the refit, each exported under
+artifacts/bench/<data>-seed<N> as any run is: `seeds` holds
 each seed's anchors'-protocol test figures with their mean and spread, beside the headline model
 (the config's seed, the one exported). A bootstrap over users does not see training noise; this does.
 """
@@ -24,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import logging
+import statistics
 import sys
 import time
 from pathlib import Path
