@@ -46,7 +46,7 @@ METRIC = "NDCG@10"
 
 def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     """The search space: the levers issue 13 names that a config holds (negatives, learning rate and
-    its reduce-on-plateau decay, batch, capacity, the LSTM's gate biases, dropout, the initial
+    its reduce-on-plateau decay, batch, capacity, the LSTM's gate biases, the last item's skip connection, dropout, the initial
     temperature |w|, uniform or popularity negatives with logQ)."""
     model = dataclasses.replace(
         base.model,
@@ -54,6 +54,7 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
         hidden_dim=trial.suggest_categorical("model.hidden_dim", [64, 128, 256]),
         num_layers=trial.suggest_int("model.num_layers", 1, 2),
         lstm_bias=trial.suggest_categorical("model.lstm_bias", [False, True]),
+        residual=trial.suggest_categorical("model.residual", [False, True]),
         dropout=trial.suggest_float("model.dropout", 0.0, 0.6),
         init_scale=trial.suggest_float("model.init_scale", 5.0, 40.0, log=True),
     )
@@ -73,7 +74,7 @@ def base_params(cfg: TrainConfig) -> Dict[str, Any]:
     """The recipe's own values of the searched parameters (the first trial of a new study)."""
     return {"model.embedding_dim": cfg.model.embedding_dim, "model.init_scale": cfg.model.init_scale,
             "model.hidden_dim": cfg.model.hidden_dim, "model.num_layers": cfg.model.num_layers,
-            "model.lstm_bias": cfg.model.lstm_bias,
+            "model.lstm_bias": cfg.model.lstm_bias, "model.residual": cfg.model.residual,
             "model.dropout": cfg.model.dropout, "lr": cfg.lr, "lr_decay": cfg.lr_decay, "batch_size": cfg.batch_size,
             "sample_size": cfg.sample_size, "negatives": cfg.negatives}
 

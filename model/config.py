@@ -106,6 +106,10 @@ class ModelConfig:
     hidden_dim: int = 128              # LSTM state size
     num_layers: int = 1
     lstm_bias: bool = False            # gate biases in the LSTM; the seed's LSTM has none
+    # The taste adds the last event's item vector to the LSTM's projection (a skip connection, as a
+    # Transformer's residual stream keeps its input): the next item is often a neighbour of the last
+    # one, which the LSTM otherwise has to carry through its hidden state. Off: the seed's model.
+    residual: bool = False
     dropout: float = 0.1
     total_length: int = 50             # histories are padded/truncated to this many events
     freeze_item_vectors: bool = False  # seed stage 1: fixed (pretrained) item representation

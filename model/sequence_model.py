@@ -55,6 +55,7 @@ class SequenceModel(nn.Module):
         self.strength_edges: List[float] = [float(e) for e in config.strength_edges]
         self.until_next = config.age_reference == "next"
         self.use_content = config.use_content
+        self.residual = config.residual
         self.num_id_items = config.num_items  # rows 1..num_items of the id table are trained items
         self.id_dropout = float(config.id_dropout)
         self.feature_dropout = float(config.feature_dropout)
@@ -234,7 +235,10 @@ class SequenceModel(nn.Module):
         if self.use_strength:
             x.append(self.strength_embedding(features[:, :, self.STRENGTH]))
         h, _ = self.lstm(self.input_dropout(torch.cat(x, dim=-1)))
-        return F.normalize(self.rnn2item(self.output_dropout(h)), dim=-1)
+        taste = self.rnn2item(self.output_dropout(h))
+        if self.residual:
+            taste = taste + x[0]
+        return F.normalize(taste, dim=-1)
 
     def forward(self, items: Tensor, features: Tensor, lengths: Tensor) -> Tensor:
         """Taste after the last real event of each history (B, D). A zero-length history gives

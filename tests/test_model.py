@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model import ModelConfig, SequenceModel, pad_batch
 
@@ -119,3 +120,20 @@ def test_lstm_gate_biases_are_a_switch_off_by_default():
     m.eval()
     s = torch.jit.script(m)
     assert torch.allclose(s(items, feats, lengths), m(items, feats, lengths), atol=1e-6)
+
+
+def test_residual_adds_the_last_item_to_the_taste_and_scripts():
+    # Off by default (configs saved before the switch read as the seed's model); on, the taste at
+    # a position is normalize(projection + that position's item vector), eager and scripted alike.
+    assert ModelConfig.from_dict({"num_items": 5}).residual is False
+    torch.manual_seed(0)
+    plain = make(dropout=0.0)
+    torch.manual_seed(0)
+    skip = make(dropout=0.0, residual=True)
+    items, feats, lengths = skip.pad([[1, 2, 3], [4]], [[], []])
+    h, _ = skip.lstm(skip.item_embedding(items))
+    expected = F.normalize(skip.rnn2item(h) + skip.item_embedding(items), dim=-1)
+    assert torch.allclose(skip.sequence_tastes(items, feats), expected, atol=1e-6)
+    assert not torch.allclose(skip(items, feats, lengths), plain(items, feats, lengths), atol=1e-3)
+    s = torch.jit.script(skip)
+    assert torch.allclose(s(items, feats, lengths), skip(items, feats, lengths), atol=1e-6)
