@@ -276,7 +276,6 @@ class SequenceModel(nn.Module):
         if not self.use_item_bias:
             return m, m.new_zeros(1, 0)
         bias = self.logit_bias(torch.arange(m.size(0), device=m.device)) / self.temperature()
-        bias[0] = 0.0
         return torch.cat([m, bias.unsqueeze(1)], dim=1), m.new_ones(1, 1)
 
     @torch.jit.export
