@@ -110,10 +110,15 @@ class ModelConfig:
     # Transformer's residual stream keeps its input): the next item is often a neighbour of the last
     # one, which the LSTM otherwise has to carry through its hidden state. Off: the seed's model.
     residual: bool = False
+    # A learned bias per item on the logit (cosine x |w| + bias): a cosine cannot say how likely an
+    # item is overall (a dot product can, through vector norms), only which way it points. Ranking
+    # then needs the bias too (model.ranking_rows); export refuses it until serving scores with it.
+    item_bias: bool = False
     dropout: float = 0.1
     total_length: int = 50             # histories are padded/truncated to this many events
     freeze_item_vectors: bool = False  # seed stage 1: fixed (pretrained) item representation
     init_scale: float = 10.0           # initial |w|: cosine models want a temperature of 10-30
+    learn_temperature: bool = True     # False: |w| stays init_scale (a learned one climbs as it overfits)
     # Stage 3: time (age of each event, gap since the previous event), log2 buckets of seconds
     use_time: bool = False
     time_buckets: int = 24             # see features.time_bucket

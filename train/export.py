@@ -45,6 +45,9 @@ def export_model(model: SequenceModel, index: ItemIndex, popularity: np.ndarray,
     (`index_spec`, handler.seqrec_index.IndexSpec: hnsw/ivf with knobs, none, or auto = hnsw from
     100k available items), then metadata.json (format_version, sha256 of every file), last and
     atomically."""
+    if model.use_item_bias:
+        raise ValueError("model.item_bias is a training-side experiment: the handler and the candidate "
+                         "index rank by cosine alone, so an export would serve another ranking than evaluated")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()

@@ -27,6 +27,9 @@ class SampledSoftmaxLoss(nn.Module):
         tastes = self.model.sequence_tastes(items, features)[mask]            # (M, D)
         cand = self.model.item_vectors(candidates)                            # (C, D)
         bias = -log_q[candidates] if log_q is not None else None              # (C,)
+        if self.model.use_item_bias:
+            item_bias = self.model.logit_bias(candidates)
+            bias = item_bias if bias is None else bias + item_bias
         temp = self.model.temperature()
         loss = F.cross_entropy(_logits(tastes * temp, cand, bias), positions[mask])
         if self.model.content_loss_weight > 0:  # stage 4: content alone must rank like the item

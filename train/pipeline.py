@@ -269,6 +269,8 @@ def exit_rank(code: int) -> None:
 
 def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     """Train, evaluate on the test cases next to popularity, export. Returns the summary."""
+    if cfg.model.item_bias:  # found before training, not at the export an hour later
+        raise UserError("model.item_bias is for bench.search only: serving ranks by cosine alone")
     t_start = time.perf_counter()
     clock = PhaseClock()  # summary.json's phase_seconds
     init_distributed()
