@@ -143,9 +143,9 @@ def evaluate_ranking(scorer: Scorer, items: Tensor, features: Tensor, lengths: T
 def model_scorer(model) -> Scorer:
     """Cosine of taste and item vectors: the ranking the server uses (score() is monotone in it);
     with item_bias, the cosine plus each item's bias / |w| (SequenceModel.ranking_rows)."""
+    if not getattr(model, "use_item_bias", False):  # a scripted export (never biased) may predate it
+        return Scorer(model.item_matrix(), model)
     rows, extra = model.ranking_rows()
-    if extra.size(1) == 0:
-        return Scorer(rows, model)
     return Scorer(rows, lambda items, features, lengths: torch.cat(
         [model(items, features, lengths), extra.expand(items.size(0), -1)], dim=1))
 
