@@ -134,9 +134,11 @@ class SequenceModel(nn.Module):
         # The seed's bias b: a softmax over candidates is shift-invariant, so the loss gives it no
         # gradient; it stays a (frozen) parameter of the score transform.
         self.b = nn.Parameter(torch.tensor(0.0), requires_grad=False)
-        # Per-item logit bias (item_bias); rows past num_items (added after training) get 0.
+        # Per-item logit bias (item_bias); rows past num_items (added after training) get 0. Off: a
+        # 1-row placeholder, so an export at 2M items does not carry 8 MB of zeros.
         self.use_item_bias = config.item_bias
-        self.item_bias = nn.Parameter(torch.zeros(config.num_items + 1), requires_grad=config.item_bias)
+        self.item_bias = nn.Parameter(torch.zeros(config.num_items + 1 if config.item_bias else 1),
+                                      requires_grad=config.item_bias)
 
     # ---- the shared encoding: called by training directly and by the handler on the scripted model
     @torch.jit.export
@@ -268,15 +270,12 @@ class SequenceModel(nn.Module):
         known = idx <= self.num_id_items
         return torch.where(known, self.item_bias[idx.clamp(max=self.num_id_items)], torch.zeros((), device=idx.device))
 
-    def ranking_rows(self) -> Tuple[Tensor, Tensor]:
-        """(rows (R, D'), extra (1, D' - D)): ranking by taste_ext @ rows.T, taste_ext = [taste,
-        extra], orders items by the logit cosine x |w| + bias. Without item_bias: the item matrix
-        and nothing (the cosine); with it, one more column, bias / |w|, met by a 1 in the query."""
+    def ranking_rows(self) -> Tensor:
+        """With item_bias: rows (R, D + 1) = [item vector, bias / |w|]; [taste, 1] @ rows.T orders
+        items as the logit cosine x |w| + bias does."""
         m = self.item_matrix()
-        if not self.use_item_bias:
-            return m, m.new_zeros(1, 0)
         bias = self.logit_bias(torch.arange(m.size(0), device=m.device)) / self.temperature()
-        return torch.cat([m, bias.unsqueeze(1)], dim=1), m.new_ones(1, 1)
+        return torch.cat([m, bias.unsqueeze(1)], dim=1)
 
     @torch.jit.export
     def score(self, cosine: Tensor) -> Tensor:

@@ -145,9 +145,8 @@ def model_scorer(model) -> Scorer:
     with item_bias, the cosine plus each item's bias / |w| (SequenceModel.ranking_rows)."""
     if not getattr(model, "use_item_bias", False):  # a scripted export (never biased) may predate it
         return Scorer(model.item_matrix(), model)
-    rows, extra = model.ranking_rows()
-    return Scorer(rows, lambda items, features, lengths: torch.cat(
-        [model(items, features, lengths), extra.expand(items.size(0), -1)], dim=1))
+    return Scorer(model.ranking_rows(), lambda items, features, lengths: torch.nn.functional.pad(
+        model(items, features, lengths), (0, 1), value=1.0))
 
 
 def fixed_scorer(values) -> Scorer:
