@@ -110,6 +110,10 @@ class ModelConfig:
     # Transformer's residual stream keeps its input): the next item is often a neighbour of the last
     # one, which the LSTM otherwise has to carry through its hidden state. Off: the seed's model.
     residual: bool = False
+    # A causal attention read-out over the LSTM's states (NARM's local encoder): each position's
+    # taste is projected from its state and an attention-weighted sum of the states so far, so an
+    # event several steps back reaches the taste directly, not only through the last state.
+    attention: bool = False
     # A learned bias per item on the logit (cosine x |w| + bias): a cosine cannot say how likely an
     # item is overall (a dot product can, through vector norms), only which way it points. Ranking
     # then needs the bias too (model.ranking_rows); export refuses it until serving scores with it.

@@ -129,7 +129,14 @@ class SequenceModel(nn.Module):
                             bias=config.lstm_bias, batch_first=True,
                             dropout=config.dropout if config.num_layers > 1 else 0.0)
         self.output_dropout = nn.Dropout(config.dropout)
-        self.rnn2item = nn.Linear(config.hidden_dim, d)
+        # Attention read-out (off: 1x1 placeholders, so the scripted graph has a fixed shape).
+        self.use_attention = config.attention
+        a = config.hidden_dim if config.attention else 1
+        self.attn_query = nn.Linear(a, a, bias=False)
+        self.attn_key = nn.Linear(a, a, bias=False)
+        for p in (self.attn_query.weight, self.attn_key.weight):
+            p.requires_grad_(config.attention)
+        self.rnn2item = nn.Linear(config.hidden_dim * (2 if config.attention else 1), d)
         self.w = nn.Parameter(torch.tensor(float(config.init_scale)), requires_grad=config.learn_temperature)
         # The seed's bias b: a softmax over candidates is shift-invariant, so the loss gives it no
         # gradient; it stays a (frozen) parameter of the score transform.
@@ -240,6 +247,9 @@ class SequenceModel(nn.Module):
         if self.use_strength:
             x.append(self.strength_embedding(features[:, :, self.STRENGTH]))
         h, _ = self.lstm(self.input_dropout(torch.cat(x, dim=-1)))
+        if self.use_attention:  # causal: padding is at the end, so a real position sees real states only
+            context = F.scaled_dot_product_attention(self.attn_query(h), self.attn_key(h), h, is_causal=True)
+            h = torch.cat([h, context], dim=-1)
         taste = self.rnn2item(self.output_dropout(h))
         if self.residual:
             taste = taste + x[0]

@@ -137,3 +137,23 @@ def test_residual_adds_the_last_item_to_the_taste_and_scripts():
     assert not torch.allclose(skip(items, feats, lengths), plain(items, feats, lengths), atol=1e-3)
     s = torch.jit.script(skip)
     assert torch.allclose(s(items, feats, lengths), skip(items, feats, lengths), atol=1e-6)
+
+
+def test_attention_readout_is_causal_and_scripts():
+    # Off by default; on, a position's taste depends on the events up to it only (padding after a
+    # history and later events leave it alone), eager and scripted alike.
+    assert ModelConfig.from_dict({"num_items": 5}).attention is False
+    assert not make().attn_query.weight.requires_grad
+    torch.manual_seed(0)
+    model = make(dropout=0.0, attention=True).eval()
+    assert model.attn_query.weight.requires_grad and model.rnn2item.in_features == 2 * model.lstm.hidden_size
+    items, feats, lengths = model.pad([[1, 2, 3, 4], [1, 2]], [[], []])
+    tastes = model.sequence_tastes(items, feats)
+    assert torch.allclose(tastes[0, :2], tastes[1, :2], atol=1e-6)   # same prefix, same tastes
+    assert not torch.allclose(tastes[0, 3], tastes[0, 2], atol=1e-3)
+    h, _ = model.lstm(model.item_embedding(items[:1, :3]))
+    weights = torch.softmax(model.attn_query(h[0, 2]) @ model.attn_key(h[0]).T / h.size(-1) ** 0.5, dim=0)
+    expected = F.normalize(model.rnn2item(torch.cat([h[0, 2], weights @ h[0]])), dim=-1)
+    assert torch.allclose(tastes[0, 2], expected, atol=1e-5)
+    s = torch.jit.script(model)
+    assert torch.allclose(s(items, feats, lengths), model(items, feats, lengths), atol=1e-6)
