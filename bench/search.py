@@ -46,7 +46,7 @@ METRIC = "NDCG@10"
 
 def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     """The search space: the levers issue 13 names that a config holds (negatives, learning rate and
-    its reduce-on-plateau decay, batch, capacity, the LSTM's gate biases, the last item's skip connection, an attention read-out, dropout, the initial
+    its reduce-on-plateau decay, batch, capacity, the LSTM's gate biases, the last item's skip connection, an attention read-out, a per-position temperature, dropout, the initial
     temperature |w| and whether it is learned, a per-item logit bias, uniform or popularity
     negatives with logQ)."""
     model = dataclasses.replace(
@@ -57,6 +57,7 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
         lstm_bias=trial.suggest_categorical("model.lstm_bias", [False, True]),
         residual=trial.suggest_categorical("model.residual", [False, True]),
         attention=trial.suggest_categorical("model.attention", [False, True]),
+        position_temperature=trial.suggest_categorical("model.position_temperature", [False, True]),
         dropout=trial.suggest_float("model.dropout", 0.0, 0.6),
         init_scale=trial.suggest_float("model.init_scale", 5.0, 40.0, log=True),
         learn_temperature=trial.suggest_categorical("model.learn_temperature", [True, False]),
@@ -79,7 +80,7 @@ def base_params(cfg: TrainConfig) -> Dict[str, Any]:
     return {"model.embedding_dim": cfg.model.embedding_dim, "model.init_scale": cfg.model.init_scale,
             "model.hidden_dim": cfg.model.hidden_dim, "model.num_layers": cfg.model.num_layers,
             "model.lstm_bias": cfg.model.lstm_bias, "model.residual": cfg.model.residual,
-            "model.attention": cfg.model.attention,
+            "model.attention": cfg.model.attention, "model.position_temperature": cfg.model.position_temperature,
             "model.learn_temperature": cfg.model.learn_temperature, "model.item_bias": cfg.model.item_bias,
             "model.dropout": cfg.model.dropout, "lr": cfg.lr, "lr_decay": cfg.lr_decay, "batch_size": cfg.batch_size,
             "sample_size": cfg.sample_size, "negatives": cfg.negatives}

@@ -114,6 +114,11 @@ class ModelConfig:
     # taste is projected from its state and an attention-weighted sum of the states so far, so an
     # event several steps back reaches the taste directly, not only through the last state.
     attention: bool = False
+    # Training: each position's logits are cosine x |w| x s, s = softplus(a learned linear map of the
+    # LSTM state), starting at 1, so a position can be as sure (or unsure) as its history warrants
+    # instead of every softmax sharing one temperature. A positive s per query leaves the ranking
+    # within a request as the cosine gives it, so serving and evaluation need nothing.
+    position_temperature: bool = False
     # A learned bias per item on the logit (cosine x |w| + bias): a cosine cannot say how likely an
     # item is overall (a dot product can, through vector norms), only which way it points. Ranking
     # then needs the bias too (model.ranking_rows); export refuses it until serving scores with it.
@@ -160,6 +165,9 @@ class ModelConfig:
         check_fields(self, MODEL_RULES)
         if self.strength_edges != sorted(self.strength_edges):
             raise ConfigError("strength_edges", f"must be ascending, got {self.strength_edges}")
+        if self.position_temperature and self.item_bias:  # ranking_rows cannot hold a per-query factor
+            raise ConfigError("position_temperature", "cannot be combined with item_bias (the ranking "
+                              "would depend on each query's factor)")
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":

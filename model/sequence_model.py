@@ -13,6 +13,7 @@ table does not know (indices past num_items, added by a catalogue update through
 Everything a server needs (padding, event encoding, the score transform) is a method of this
 module, so `torch.jit.script(model)` carries the one source of truth into the handler.
 """
+import math
 from typing import Dict, Final, List, Optional, Tuple
 
 import torch
@@ -136,7 +137,16 @@ class SequenceModel(nn.Module):
         self.attn_key = nn.Linear(a, a, bias=False)
         for p in (self.attn_query.weight, self.attn_key.weight):
             p.requires_grad_(config.attention)
-        self.rnn2item = nn.Linear(config.hidden_dim * (2 if config.attention else 1), d)
+        readout = config.hidden_dim * (2 if config.attention else 1)
+        self.rnn2item = nn.Linear(readout, d)
+        # Per-position temperature factor softplus(sharpness(state)); off: a 1x1 placeholder.
+        self.use_position_temperature = config.position_temperature
+        self.sharpness = nn.Linear(readout if config.position_temperature else 1, 1)
+        with torch.no_grad():  # start at softplus(log(e - 1)) = 1: the shared temperature
+            self.sharpness.weight.zero_()
+            self.sharpness.bias.fill_(math.log(math.e - 1.0))
+        for p in self.sharpness.parameters():
+            p.requires_grad_(config.position_temperature)
         self.w = nn.Parameter(torch.tensor(float(config.init_scale)), requires_grad=config.learn_temperature)
         # The seed's bias b: a softmax over candidates is shift-invariant, so the loss gives it no
         # gradient; it stays a (frozen) parameter of the score transform.
@@ -230,6 +240,11 @@ class SequenceModel(nn.Module):
     # ---- tensors in, tensors out
     def sequence_tastes(self, items: Tensor, features: Tensor) -> Tensor:
         """items (B, T), features (B, T, F) -> unit taste vectors at every position (B, T, D)."""
+        return self.tastes_and_sharpness(items, features)[0]
+
+    def tastes_and_sharpness(self, items: Tensor, features: Tensor) -> Tuple[Tensor, Tensor]:
+        """Unit tastes (B, T, D) and each position's temperature factor (B, T, 1): 1 without
+        position_temperature. Training's logits are cosine x |w| x factor."""
         if self.use_content:
             x = [self._item_vectors(items.reshape(-1), self.training).view(items.size(0), items.size(1), self.dim)]
         else:
@@ -250,10 +265,15 @@ class SequenceModel(nn.Module):
         if self.use_attention:  # causal: padding is at the end, so a real position sees real states only
             context = F.scaled_dot_product_attention(self.attn_query(h), self.attn_key(h), h, is_causal=True)
             h = torch.cat([h, context], dim=-1)
-        taste = self.rnn2item(self.output_dropout(h))
+        h = self.output_dropout(h)
+        taste = self.rnn2item(h)
         if self.residual:
             taste = taste + x[0]
-        return F.normalize(taste, dim=-1)
+        if self.use_position_temperature:
+            factor = F.softplus(self.sharpness(h))
+        else:
+            factor = torch.ones_like(taste[:, :, :1])
+        return F.normalize(taste, dim=-1), factor
 
     def forward(self, items: Tensor, features: Tensor, lengths: Tensor) -> Tensor:
         """Taste after the last real event of each history (B, D). A zero-length history gives

@@ -1,8 +1,11 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model import ModelConfig, SequenceModel, pad_batch
+from model import ConfigError, ModelConfig, SequenceModel, pad_batch
+
 
 
 def make(**kw):
@@ -155,5 +158,32 @@ def test_attention_readout_is_causal_and_scripts():
     weights = torch.softmax(model.attn_query(h[0, 2]) @ model.attn_key(h[0]).T / h.size(-1) ** 0.5, dim=0)
     expected = F.normalize(model.rnn2item(torch.cat([h[0, 2], weights @ h[0]])), dim=-1)
     assert torch.allclose(tastes[0, 2], expected, atol=1e-5)
+    s = torch.jit.script(model)
+    assert torch.allclose(s(items, feats, lengths), model(items, feats, lengths), atol=1e-6)
+
+
+def test_position_temperature_scales_each_positions_logits_and_leaves_ranking_alone():
+    # Off: the factor is 1 everywhere. On: it starts at 1 (the same loss as off), a learned factor
+    # multiplies |w| in the loss, and the unit tastes (what ranking and serving use) are unchanged.
+    from train.loss import SampledSoftmaxLoss
+    assert ModelConfig.from_dict({"num_items": 5}).position_temperature is False
+    with pytest.raises(ConfigError, match="position_temperature"):
+        ModelConfig(num_items=5, position_temperature=True, item_bias=True)
+    torch.manual_seed(0)
+    plain = make(dropout=0.0)
+    torch.manual_seed(0)
+    model = make(dropout=0.0, position_temperature=True)
+    items, feats, lengths = model.pad([[1, 2, 3], [4, 5]], [[], []])
+    targets = torch.tensor([[2, 3, 9, 0, 0, 0], [5, 7, 0, 0, 0, 0]])
+    cands = torch.arange(1, 51)
+    pos = (targets - 1).clamp(min=0)
+    loss = lambda m: SampledSoftmaxLoss(m)(items, feats, targets, cands, pos).item()
+    assert loss(model) == pytest.approx(loss(plain), rel=1e-6)
+    with torch.no_grad():
+        model.sharpness.bias.fill_(math.log(math.e ** 2 - 1.0))  # factor 2
+        plain.w.mul_(2.0)
+    assert torch.allclose(model.tastes_and_sharpness(items, feats)[1], torch.full((2, 6, 1), 2.0))
+    assert loss(model) == pytest.approx(loss(plain), rel=1e-5)
+    assert torch.allclose(model(items, feats, lengths), plain(items, feats, lengths), atol=1e-6)
     s = torch.jit.script(model)
     assert torch.allclose(s(items, feats, lengths), model(items, feats, lengths), atol=1e-6)

@@ -24,13 +24,14 @@ class SampledSoftmaxLoss(nn.Module):
     def forward(self, items: Tensor, features: Tensor, targets: Tensor, candidates: Tensor,
                 positions: Tensor, log_q: Optional[Tensor] = None) -> Tensor:
         mask = targets > 0                                                    # (B, T)
-        tastes = self.model.sequence_tastes(items, features)[mask]            # (M, D)
+        tastes, factor = self.model.tastes_and_sharpness(items, features)
+        tastes, factor = tastes[mask], factor[mask]                           # (M, D), (M, 1)
         cand = self.model.item_vectors(candidates)                            # (C, D)
         bias = -log_q[candidates] if log_q is not None else None              # (C,)
         if self.model.use_item_bias:
             item_bias = self.model.logit_bias(candidates)
             bias = item_bias if bias is None else bias + item_bias
-        temp = self.model.temperature()
+        temp = self.model.temperature() * factor                              # (M, 1)
         loss = F.cross_entropy(_logits(tastes * temp, cand, bias), positions[mask])
         if self.model.content_loss_weight > 0:  # stage 4: content alone must rank like the item
             cold = self.model.content_item_vectors(candidates)
