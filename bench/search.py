@@ -48,7 +48,7 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     """The search space: the levers issue 13 names that a config holds (negatives, learning rate and
     its reduce-on-plateau decay, batch, capacity, the LSTM's gate biases, the last item's skip connection, an attention read-out, a per-position temperature, dropout, the initial
     temperature |w| and whether it is learned, a per-item logit bias, uniform or popularity
-    negatives with logQ)."""
+    negatives with logQ, and which logQ)."""
     model = dataclasses.replace(
         base.model,
         embedding_dim=trial.suggest_categorical("model.embedding_dim", [64, 128, 256]),
@@ -72,6 +72,7 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
         # optuna refuses changed choices in a study, so its SQLite file cannot be resumed).
         sample_size=trial.suggest_categorical("sample_size", [1024, 2048, 4096, 8192, 16384]),
         negatives=trial.suggest_categorical("negatives", ["uniform", "popularity"]),
+        logq_correction=trial.suggest_categorical("logq_correction", ["draw", "inclusion"]),
     )
 
 
@@ -83,7 +84,8 @@ def base_params(cfg: TrainConfig) -> Dict[str, Any]:
             "model.attention": cfg.model.attention, "model.position_temperature": cfg.model.position_temperature,
             "model.learn_temperature": cfg.model.learn_temperature, "model.item_bias": cfg.model.item_bias,
             "model.dropout": cfg.model.dropout, "lr": cfg.lr, "lr_decay": cfg.lr_decay, "batch_size": cfg.batch_size,
-            "sample_size": cfg.sample_size, "negatives": cfg.negatives}
+            "sample_size": cfg.sample_size, "negatives": cfg.negatives,
+            "logq_correction": cfg.logq_correction}
 
 
 def train_on_validation(cfg: TrainConfig, prep: Prepared, report: Callable[[int, float], None],
@@ -95,7 +97,7 @@ def train_on_validation(cfg: TrainConfig, prep: Prepared, report: Callable[[int,
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, prep)
     data = SequentialDataset(model, prep.cols, prep.split.train)
-    sampler = CandidateSampler(len(prep.index), cfg.sample_size, torch.as_tensor(prep.popularity), cfg.negatives)
+    sampler = CandidateSampler.from_config(cfg, len(prep.index), torch.as_tensor(prep.popularity))
     valid = prep.split.valid.subset(cfg.max_eval_users, cfg.seed if valid_seed is None else valid_seed)
     inputs, targets = encode_cases(model, prep.cols, valid), torch.as_tensor(valid.targets)
     seen_valid = seen_items(prep.cols, valid)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import pandas as pd
 import torch
 
@@ -62,3 +63,25 @@ def test_batch_with_more_targets_than_sample_size():
         s = CandidateSampler(10, 3, pop, mode=mode)
         cands, pos = s.sample(torch.tensor([[1, 2, 3, 4, 5]]), torch.Generator().manual_seed(0))
         assert cands.tolist() == [1, 2, 3, 4, 5] and pos.tolist() == [[0, 1, 2, 3, 4]]
+
+
+def test_inclusion_logq_is_the_probability_of_being_in_the_candidate_set():
+    # "draw" corrects by one draw's log q; "inclusion" by log P(in the step's set): M target
+    # positions drawn from the data plus n random draws, checked here against sampled sets.
+    pop = torch.tensor([0.0, 50.0, 20.0, 8.0, 3.0, 1.0, 1.0])
+    targets = torch.tensor([[1, 0]])                      # one target position: M = 1, n = 7
+    draw = CandidateSampler(6, 8, pop, "popularity")
+    incl = CandidateSampler(6, 8, pop, "popularity", correction="inclusion")
+    items = torch.arange(1, 7)
+    assert torch.equal(draw.log_q_of(items, targets), draw.log_q[items])
+    sets = [incl.sample(targets, torch.Generator().manual_seed(i))[0] for i in range(4000)]
+    drawn = torch.tensor([[j in s.tolist() for j in range(1, 7)] for s in sets]).double().mean(0)
+    data = (pop / pop.sum()).double()[1:]                 # the target's own draw from the data
+    expected = 1 - (1 - data) * (1 - drawn)
+    got = incl.log_q_of(items, targets).double().exp()
+    assert torch.allclose(got[1:], expected[1:], atol=0.03)   # item 1 is this batch's target
+    # a popular item is in almost every set: corrected by ~log 1, where one draw says log q
+    assert got[1] > 0.85 and draw.log_q[2].exp() < 0.3
+    assert torch.all(incl.log_q_of(items, targets) >= draw.log_q[items])
+    with pytest.raises(ValueError, match="correction"):
+        CandidateSampler(6, 8, pop, "popularity", correction="count")

@@ -38,6 +38,8 @@ class TrainConfig:
                                      # 0 = every item (full softmax: a step costs positions x items)
     negatives: str = "uniform"       # uniform | popularity
     logq: bool = True                # with popularity negatives: subtract log q from logits
+    logq_correction: str = "draw"    # draw: log q of one draw | inclusion: log P(in the step's
+                                     # candidate set), the exact one for a set (train/negatives.py)
     pretrained: str = "none"         # none | svd | path to .npy/.parquet of item vectors
     patience: int = 3                # early stopping on validation NDCG@10, in evaluations
     eval_every: int = 1              # epochs between validations
@@ -182,6 +184,7 @@ TRAIN_RULES: Dict[str, Rule] = {
     "lr_decay": Rule(low=0.0, low_open=True),  # and <= 1: __post_init__
     "weight_decay": Rule(low=0.0), "sample_size": Rule(low=0),  # 0: full softmax
     "negatives": Rule(choices=("uniform", "popularity")),
+    "logq_correction": Rule(choices=("draw", "inclusion")),
     "item_optimizer": Rule(choices=("sparse_adam", "lazy_adam", "adam")),
     "progress_seconds": Rule(low=0.0, low_open=True),
     "patience": Rule(low=1), "eval_every": Rule(low=1), "max_eval_users": Rule(low=0),

@@ -15,7 +15,8 @@ class SampledSoftmaxLoss(nn.Module):
     as a candidate (sample_size 0, train/negatives.py) it is the exact full cross-entropy.
 
     Logits are cosine x |w| (a temperature): the bounded tanh score would cap what the loss can
-    express. `log_q` (per item) is subtracted for popularity-sampled candidates."""
+    express. `log_q` (per candidate, CandidateSampler.log_q_of) is subtracted for popularity-sampled
+    candidates."""
 
     def __init__(self, model: SequenceModel):
         super().__init__()
@@ -27,7 +28,7 @@ class SampledSoftmaxLoss(nn.Module):
         tastes, factor = self.model.tastes_and_sharpness(items, features)
         tastes, factor = tastes[mask], factor[mask]                           # (M, D), (M, 1)
         cand = self.model.item_vectors(candidates)                            # (C, D)
-        bias = -log_q[candidates] if log_q is not None else None              # (C,)
+        bias = -log_q if log_q is not None else None                          # (C,)
         if self.model.use_item_bias:
             item_bias = self.model.logit_bias(candidates)
             bias = item_bias if bias is None else bias + item_bias

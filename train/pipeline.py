@@ -228,7 +228,7 @@ def _refit(cfg: TrainConfig, prep: Prepared, first: History, work: Path, resume:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, prep)
     data = SequentialDataset(model, prep.cols, rows)
-    sampler = CandidateSampler(len(prep.index), cfg.sample_size, torch.as_tensor(prep.popularity), cfg.negatives)
+    sampler = CandidateSampler.from_config(cfg, len(prep.index), torch.as_tensor(prep.popularity))
     checkpoint = work / "refit_checkpoint.pt"
     if not resume and checkpoint.exists():
         checkpoint.unlink()
@@ -284,7 +284,7 @@ def run(cfg: TrainConfig, out_dir, resume: bool = True) -> Dict[str, Any]:
     model = build_model(cfg, prep)
     data = SequentialDataset(model, prep.cols, prep.split.train)
     prep.seconds["windows"] = data.build_seconds
-    sampler = CandidateSampler(len(prep.index), cfg.sample_size, torch.as_tensor(prep.popularity), cfg.negatives)
+    sampler = CandidateSampler.from_config(cfg, len(prep.index), torch.as_tensor(prep.popularity))
     valid_cases = prep.split.valid.subset(cfg.max_eval_users, cfg.seed)
     valid_inputs = encode_cases(model, prep.cols, valid_cases)
     valid_targets, valid_seen = torch.as_tensor(valid_cases.targets), seen_items(prep.cols, valid_cases)

@@ -82,7 +82,7 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
     hist.lr = hist.lr or cfg.lr
     opt.set_lr(hist.lr)
 
-    log_q = sampler.log_q if (cfg.negatives == "popularity" and cfg.logq) else None
+    logq = cfg.negatives == "popularity" and cfg.logq
     n = len(data)
     for epoch in range(start_epoch, cfg.epochs):
         if lr_schedule:
@@ -99,7 +99,7 @@ def fit(model: SequenceModel, data: SequentialDataset, cfg: TrainConfig, sampler
             t = int(lengths.max())  # padding is at the end: columns past the longest are all padding
             items, feats, targets = data.items[b, :t], data.features[b, :t], data.targets[b, :t]
             cands, pos = sampler.sample(targets, gen)
-            loss = step_module(items, feats, targets, cands, pos, log_q)
+            loss = step_module(items, feats, targets, cands, pos, sampler.log_q_of(cands, targets) if logq else None)
             opt.zero_grad()
             loss.backward()
             opt.step()
