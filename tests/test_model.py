@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from model import ConfigError, ModelConfig, SequenceModel, pad_batch
 
 
-
 def make(**kw):
     cfg = ModelConfig(num_items=50, embedding_dim=8, hidden_dim=12, total_length=6, **kw)
     return SequenceModel(cfg).eval()
