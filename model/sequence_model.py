@@ -130,18 +130,21 @@ class SequenceModel(nn.Module):
                             bias=config.lstm_bias, batch_first=True,
                             dropout=config.dropout if config.num_layers > 1 else 0.0)
         self.output_dropout = nn.Dropout(config.dropout)
-        # Attention read-out (off: 1x1 placeholders, so the scripted graph has a fixed shape).
-        self.use_attention = config.attention
-        a = config.hidden_dim if config.attention else 1
-        self.attn_query = nn.Linear(a, a, bias=False)
-        self.attn_key = nn.Linear(a, a, bias=False)
+        self.rnn2item = nn.Linear(config.hidden_dim * (2 if config.attention else 1), d)
+        # The search-only read-out options draw their initial weights from a forked generator, so
+        # the seed's model gets the same weights and the same random stream from a seed as before
+        # they existed (a rerun at a later commit reproduces quality.json's figures).
+        with torch.random.fork_rng(devices=[]):
+            # Attention read-out (off: 1x1 placeholders, so the scripted graph has a fixed shape).
+            self.use_attention = config.attention
+            a = config.hidden_dim if config.attention else 1
+            self.attn_query = nn.Linear(a, a, bias=False)
+            self.attn_key = nn.Linear(a, a, bias=False)
+            # Per-position temperature factor softplus(sharpness(state)); off: a 1x1 placeholder.
+            self.use_position_temperature = config.position_temperature
+            self.sharpness = nn.Linear(self.rnn2item.in_features if config.position_temperature else 1, 1)
         for p in (self.attn_query.weight, self.attn_key.weight):
             p.requires_grad_(config.attention)
-        readout = config.hidden_dim * (2 if config.attention else 1)
-        self.rnn2item = nn.Linear(readout, d)
-        # Per-position temperature factor softplus(sharpness(state)); off: a 1x1 placeholder.
-        self.use_position_temperature = config.position_temperature
-        self.sharpness = nn.Linear(readout if config.position_temperature else 1, 1)
         with torch.no_grad():  # start at softplus(log(e - 1)) = 1: the shared temperature
             self.sharpness.weight.zero_()
             self.sharpness.bias.fill_(math.log(math.e - 1.0))
