@@ -186,3 +186,16 @@ def test_position_temperature_scales_each_positions_logits_and_leaves_ranking_al
     assert torch.allclose(model(items, feats, lengths), plain(items, feats, lengths), atol=1e-6)
     s = torch.jit.script(model)
     assert torch.allclose(s(items, feats, lengths), model(items, feats, lengths), atol=1e-6)
+
+
+def test_search_only_modules_leave_the_seeds_random_stream_alone():
+    # Their weights come from a forked generator, so the seed's model and every draw after building
+    # it (dropout, batches) are what they were before the options existed. position_temperature
+    # on leaves the stream alone too; attention on widens rnn2item, which draws more.
+    def build(**kw):
+        torch.manual_seed(0)
+        m = make(**kw)
+        return m.item_embedding.weight.clone(), m.lstm.weight_ih_l0.clone(), m.rnn2item.weight.clone(), torch.rand(4)
+    plain, sharp, attn = build(), build(position_temperature=True), build(attention=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, sharp))
+    assert torch.equal(plain[0], attn[0]) and torch.equal(plain[1], attn[1])
