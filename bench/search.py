@@ -46,9 +46,17 @@ METRIC = "NDCG@10"
 
 def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     """The search space: the levers issue 13 names that a config holds (negatives, learning rate and
-    its reduce-on-plateau decay, batch, capacity, the LSTM's gate biases, the last item's skip connection, an attention read-out, a per-position temperature, dropout, the initial
-    temperature |w| and whether it is learned, a per-item logit bias, uniform or popularity
-    negatives with logQ, and which logQ)."""
+    its reduce-on-plateau decay, batch, capacity, the LSTM's gate biases, the last item's skip
+    connection, an attention read-out, a per-position temperature, dropout, the initial temperature
+    |w| and whether it is learned, a per-item logit bias, uniform or popularity negatives with logQ,
+    and which logQ)."""
+    # Two pairs are conditional, as their configs refuse the other combinations: a per-item bias
+    # only without the per-position temperature, a choice of logQ only for popularity negatives.
+    position_temperature = trial.suggest_categorical("model.position_temperature", [False, True])
+    item_bias = not position_temperature and trial.suggest_categorical("model.item_bias", [False, True])
+    negatives = trial.suggest_categorical("negatives", ["uniform", "popularity"])
+    logq_correction = (trial.suggest_categorical("logq_correction", ["draw", "inclusion"])
+                       if negatives == "popularity" and base.logq else "draw")
     model = dataclasses.replace(
         base.model,
         embedding_dim=trial.suggest_categorical("model.embedding_dim", [64, 128, 256]),
@@ -57,11 +65,11 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
         lstm_bias=trial.suggest_categorical("model.lstm_bias", [False, True]),
         residual=trial.suggest_categorical("model.residual", [False, True]),
         attention=trial.suggest_categorical("model.attention", [False, True]),
-        position_temperature=trial.suggest_categorical("model.position_temperature", [False, True]),
+        position_temperature=position_temperature,
         dropout=trial.suggest_float("model.dropout", 0.0, 0.6),
         init_scale=trial.suggest_float("model.init_scale", 5.0, 40.0, log=True),
         learn_temperature=trial.suggest_categorical("model.learn_temperature", [True, False]),
-        item_bias=trial.suggest_categorical("model.item_bias", [False, True]),
+        item_bias=item_bias,
     )
     return dataclasses.replace(
         base, model=model,
@@ -71,8 +79,7 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
         # 16,384 added after study 2 (search-amazon-beauty-2 was run with choices up to 8,192;
         # optuna refuses changed choices in a study, so its SQLite file cannot be resumed).
         sample_size=trial.suggest_categorical("sample_size", [1024, 2048, 4096, 8192, 16384]),
-        negatives=trial.suggest_categorical("negatives", ["uniform", "popularity"]),
-        logq_correction=trial.suggest_categorical("logq_correction", ["draw", "inclusion"]),
+        negatives=negatives, logq_correction=logq_correction,
     )
 
 

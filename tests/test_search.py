@@ -82,3 +82,21 @@ def test_seeds_train_a_trial_several_times_on_one_validation_sample(tmp_path, mo
     prep = search.prepare(load_config(str(base), []))
     assert (encoded[0].users == prep.split.valid.subset(100, 3).users).all()
     assert len(encoded[0].users) == 100
+
+
+def test_suggest_never_draws_a_combination_the_configs_refuse():
+    # position_temperature with item_bias, or a logQ choice without popularity negatives, would
+    # raise a ConfigError inside the trial and end the whole study.
+    import optuna
+    from train.config import TrainConfig
+    base = TrainConfig(negatives="popularity")
+    common = {"model.embedding_dim": 64, "model.hidden_dim": 64, "model.num_layers": 1,
+              "model.lstm_bias": False, "model.residual": False, "model.attention": False,
+              "model.dropout": 0.1, "model.init_scale": 10.0, "model.learn_temperature": True,
+              "lr": 1e-3, "lr_decay": 1.0, "batch_size": 64, "sample_size": 1024}
+    cfg = search.suggest(optuna.trial.FixedTrial({**common, "model.position_temperature": True,
+                                                  "negatives": "uniform"}), base)
+    assert cfg.model.position_temperature and not cfg.model.item_bias and cfg.logq_correction == "draw"
+    cfg = search.suggest(optuna.trial.FixedTrial({**common, "model.position_temperature": False, "model.item_bias": True,
+                                                  "negatives": "popularity", "logq_correction": "inclusion"}), base)
+    assert cfg.model.item_bias and cfg.logq_correction == "inclusion"

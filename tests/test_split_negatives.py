@@ -85,3 +85,14 @@ def test_inclusion_logq_is_the_probability_of_being_in_the_candidate_set():
     assert torch.all(incl.log_q_of(items, targets) >= draw.log_q[items])
     with pytest.raises(ValueError, match="correction"):
         CandidateSampler(6, 8, pop, "popularity", correction="count")
+
+
+def test_inclusion_logq_needs_popularity_negatives_and_stays_finite():
+    from train.config import ConfigError, TrainConfig
+    for kw in ({"negatives": "uniform"}, {"negatives": "popularity", "logq": False}):
+        with pytest.raises(ConfigError, match="logq_correction"):
+            TrainConfig(logq_correction="inclusion", **kw)
+    # an item no draw reaches (no data, no random draws left) gets the same floor as log q
+    s = CandidateSampler(3, 1, torch.tensor([0.0, 5.0, 0.0, 0.0]), "popularity", correction="inclusion")
+    got = s.log_q_of(torch.tensor([1, 2, 3]), torch.tensor([[1]]))
+    assert torch.isfinite(got).all() and float(got.min()) >= float(s.log_q.min()) - 1e-3

@@ -79,6 +79,9 @@ class TrainConfig:
             raise ConfigError("index", str(e)) from None
         if not isinstance(self.model, ModelConfig):
             raise ConfigError("model", f"must be a ModelConfig, got {self.model!r}")
+        if self.logq_correction != "draw" and not (self.negatives == "popularity" and self.logq):
+            raise ConfigError("logq_correction", f"{self.logq_correction!r} applies to popularity negatives "
+                              f"with logq=true only (negatives={self.negatives!r}, logq={self.logq})")
         if self.refit_on_validation and self.split != "loo":
             raise ConfigError("refit_on_validation", f"needs split='loo', got split={self.split!r}")
         if self.sample_size == 0 and self.negatives != "uniform":

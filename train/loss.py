@@ -26,13 +26,15 @@ class SampledSoftmaxLoss(nn.Module):
                 positions: Tensor, log_q: Optional[Tensor] = None) -> Tensor:
         mask = targets > 0                                                    # (B, T)
         tastes, factor = self.model.tastes_and_sharpness(items, features)
-        tastes, factor = tastes[mask], factor[mask]                           # (M, D), (M, 1)
+        tastes = tastes[mask]                                                 # (M, D)
         cand = self.model.item_vectors(candidates)                            # (C, D)
         bias = -log_q if log_q is not None else None                          # (C,)
         if self.model.use_item_bias:
             item_bias = self.model.logit_bias(candidates)
             bias = item_bias if bias is None else bias + item_bias
-        temp = self.model.temperature() * factor                              # (M, 1)
+        temp = self.model.temperature()
+        if self.model.use_position_temperature:  # only then: the seed's |w| gradient sums as before
+            temp = temp * factor[mask]                                        # (M, 1)
         loss = F.cross_entropy(_logits(tastes * temp, cand, bias), positions[mask])
         if self.model.content_loss_weight > 0:  # stage 4: content alone must rank like the item
             cold = self.model.content_item_vectors(candidates)

@@ -2,6 +2,7 @@
 sample_size 0 every item (the exact full cross-entropy)."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -51,7 +52,7 @@ class CandidateSampler:
             self.cdf = torch.cumsum(p / p.sum(), 0)  # float64: exact enough for millions of items
             data = popularity.double().clamp(min=0)
             data[0] = 0.0
-            self.log1m_q = torch.log1p(-(p / p.sum()))                     # float64, for "inclusion"
+            self.log1m_q = torch.log1p(-(p / p.sum()).clamp(max=1 - 1e-12))  # float64, for "inclusion"
             self.log1m_data = torch.log1p(-(data / data.sum().clamp(min=1.0)).clamp(max=1 - 1e-12))
 
     @classmethod
@@ -68,7 +69,8 @@ class CandidateSampler:
         positions = int((targets > 0).sum())
         draws = max(0, self.sample_size - int(torch.unique(targets[targets > 0]).numel()))
         log_out = positions * self.log1m_data[candidates] + draws * self.log1m_q[candidates]
-        return torch.log(-torch.expm1(log_out)).clamp(min=-80.0).float()   # log(1 - P(left out))
+        # log(1 - P(left out)), floored as log q is (an item no draw can reach stays finite)
+        return torch.log(-torch.expm1(log_out)).clamp(min=math.log(1e-12)).float()
 
     def sample(self, targets: Tensor, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
         """targets: any shape, 0 = padding. Returns (candidates (C,), position of each target in
