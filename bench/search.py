@@ -50,13 +50,15 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     connection, an attention read-out, a per-position temperature, dropout, the initial temperature
     |w| and whether it is learned, a per-item logit bias, uniform or popularity negatives with logQ,
     and which logQ)."""
-    # Two pairs are conditional, as their configs refuse the other combinations: a per-item bias
-    # only without the per-position temperature, a choice of logQ only for popularity negatives.
+    # Every trial draws every parameter (so a trial's params always hold the same keys), but two
+    # pairs only take effect together where their configs allow it: a per-item bias only without
+    # the per-position temperature, a choice of logQ only for popularity negatives with logq.
     position_temperature = trial.suggest_categorical("model.position_temperature", [False, True])
-    item_bias = not position_temperature and trial.suggest_categorical("model.item_bias", [False, True])
+    item_bias = trial.suggest_categorical("model.item_bias", [False, True]) and not position_temperature
     negatives = trial.suggest_categorical("negatives", ["uniform", "popularity"])
-    logq_correction = (trial.suggest_categorical("logq_correction", ["draw", "inclusion"])
-                       if negatives == "popularity" and base.logq else "draw")
+    logq_correction = trial.suggest_categorical("logq_correction", ["draw", "inclusion"])
+    if not (negatives == "popularity" and base.logq):
+        logq_correction = "draw"
     model = dataclasses.replace(
         base.model,
         embedding_dim=trial.suggest_categorical("model.embedding_dim", [64, 128, 256]),

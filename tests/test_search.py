@@ -94,8 +94,8 @@ def test_suggest_never_draws_a_combination_the_configs_refuse():
               "model.lstm_bias": False, "model.residual": False, "model.attention": False,
               "model.dropout": 0.1, "model.init_scale": 10.0, "model.learn_temperature": True,
               "lr": 1e-3, "lr_decay": 1.0, "batch_size": 64, "sample_size": 1024}
-    cfg = search.suggest(optuna.trial.FixedTrial({**common, "model.position_temperature": True,
-                                                  "negatives": "uniform"}), base)
+    cfg = search.suggest(optuna.trial.FixedTrial({**common, "model.position_temperature": True, "model.item_bias": True,
+                                                  "negatives": "uniform", "logq_correction": "inclusion"}), base)
     assert cfg.model.position_temperature and not cfg.model.item_bias and cfg.logq_correction == "draw"
     cfg = search.suggest(optuna.trial.FixedTrial({**common, "model.position_temperature": False, "model.item_bias": True,
                                                   "negatives": "popularity", "logq_correction": "inclusion"}), base)
