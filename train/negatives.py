@@ -50,10 +50,11 @@ class CandidateSampler:
             self.probs = (p / p.sum()).float()
             self.log_q = torch.log(self.probs.clamp(min=1e-12))
             self.cdf = torch.cumsum(p / p.sum(), 0)  # float64: exact enough for millions of items
-            data = popularity.double().clamp(min=0)
-            data[0] = 0.0
-            self.log1m_q = torch.log1p(-(p / p.sum()).clamp(max=1 - 1e-12))  # float64, for "inclusion"
-            self.log1m_data = torch.log1p(-(data / data.sum().clamp(min=1.0)).clamp(max=1 - 1e-12))
+            if correction == "inclusion":  # two float64 tables of N + 1: only when asked for (16 MB each at 2M)
+                data = popularity.double().clamp(min=0)
+                data[0] = 0.0
+                self.log1m_q = torch.log1p(-(p / p.sum()).clamp(max=1 - 1e-12))
+                self.log1m_data = torch.log1p(-(data / data.sum().clamp(min=1.0)).clamp(max=1 - 1e-12))
 
     @classmethod
     def from_config(cls, cfg, num_items: int, popularity: Tensor) -> "CandidateSampler":
