@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.index_quality artifacts/amazon-beauty                  # HNSW and IVF grids
     .venv/bin/python -m bench.index_quality DIR --kinds hnsw --ef-search 32,64,128 --max-users 5000
     .venv/bin/python -m bench.index_quality DIR --kinds hnsw --hnsw 'M=32;M=32,bits=8'   # float vs 8-bit graph
+    .venv/bin/python -m bench.index_quality DIR --kinds pq --pq 'm=16;m=32' --shortlist 300,1000
 
 The test users are rebuilt from the export's train_config (train.pipeline.prepare: same data, same
 split, same sample when max_test_users is set), their tastes from its model.pt. Both paths rank
@@ -118,12 +119,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.index_quality", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("export")
-    ap.add_argument("--kinds", default="hnsw,ivf")
+    ap.add_argument("--kinds", default="hnsw,ivf,pq")
     ap.add_argument("--hnsw", default="M=32,ef_construction=200",
                     help="HNSW build knobs; several builds separated by ';' (e.g. 'M=32;M=32,bits=8')")
     ap.add_argument("--ef-search", default="16,32,64,128,256")
     ap.add_argument("--ivf", default="nlist=1024", help="IVF build knobs; several separated by ';'")
     ap.add_argument("--nprobe", default="1,4,8,16,32,64")
+    ap.add_argument("--pq", default="m=32", help="PQ build knobs; several separated by ';'")
+    ap.add_argument("--shortlist", default="100,300,1000", help="PQ shortlists re-ranked exactly")
     ap.add_argument("--max-users", type=int, default=0, help="0: every test user the export was evaluated on")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--label", help="the result's key in --out (default: the export's folder name)")
@@ -142,7 +145,8 @@ def main(argv=None) -> int:
     banned = banned_rows(cat, histories, exclude_seen)
     exact_top = chunked_topk(tastes, cat.matrix, K, banned)[1]
     log.info("exact on %d users: %s", len(tastes), exact)
-    grid = {"hnsw": ("ef_search", args.ef_search, args.hnsw), "ivf": ("nprobe", args.nprobe, args.ivf)}
+    grid = {"hnsw": ("ef_search", args.ef_search, args.hnsw), "ivf": ("nprobe", args.nprobe, args.ivf),
+            "pq": ("shortlist", args.shortlist, args.pq)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         builds = [(kind, b) for kind in args.kinds.split(",") for b in grid[kind][2].split(";")]

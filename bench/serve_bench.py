@@ -18,7 +18,7 @@ Per size it measures, in one run:
              clients in threads, on the same cores as the server);
   ratio      best TorchServe requests/s / best in-process requests/s.
 Each of those (but scoring) for both scoring modes of the model YAML side by side: exact (the full
-scan) and index (the export's candidate index, --index, auto = HNSW from 100k available items,
+scan) and index (the export's candidate index, --index, auto = PQ from 100k available items,
 then exact re-ranking); `summary` has the shipped config's figures per size and mode.
 --export adds trained exports (e.g. make bench-scale's 2M-item model): a copy of each with the
 --index candidate index built over its own vectors, keyed "<items> trained" in `sizes`.
@@ -62,7 +62,7 @@ def percentiles(xs_ms):
 # ---- data
 def build_export(n: int, out: Path, index_spec: str = "auto") -> Path:
     """A scripted SequenceModel over n items (random unit vectors), 95% available, with the
-    candidate index `index_spec` builds (auto: HNSW from 100k available items)."""
+    candidate index `index_spec` builds (auto: PQ from 100k available items)."""
     from handler.seqrec_artifact import FORMAT_VERSION, ItemIndex
 
     meta = out / "metadata.json"

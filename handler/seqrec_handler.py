@@ -89,7 +89,8 @@ class SeqrecHandler(BaseHandler):
         opts = ScoringOptions.from_yaml(yaml_config)
         if opts.scoring == "exact":
             return None
-        index = CandidateIndex.load(model_dir, self.meta, opts.ef_search, opts.nprobe, torch.get_num_threads())
+        index = CandidateIndex.load(model_dir, self.meta, opts.ef_search, opts.nprobe, torch.get_num_threads(),
+                                    opts.shortlist)
         if index is None and opts.scoring == "index":
             raise RuntimeError("seqrec: the model YAML asks for seqrec.scoring=index but this export has no "
                                "index; re-export with --set index=hnsw (or drop the setting)")

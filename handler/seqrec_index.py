@@ -1,9 +1,9 @@
 """The candidate index (faiss): built at export, updated by the catalogue rebuild, searched by the
 handler as the first of two scoring stages.
 
-    spec = IndexSpec.parse("hnsw:M=32,ef_construction=200,ef_search=64")   # or "ivf:nlist=1024,nprobe=32", "none", "auto"
+    spec = IndexSpec.parse("pq:m=32,shortlist=1000")   # or "hnsw:M=32,ef_search=64", "ivf:nlist=1024,nprobe=32", "none", "auto"
     info = build(spec, vectors, available, out_dir / INDEX_FILE)            # -> metadata["index"]
-    index = CandidateIndex.load(model_dir, meta, ef_search=None)           # memory-mapped, read-only
+    index = CandidateIndex.load(model_dir, meta)                           # memory-mapped, read-only
     ids = index.search(queries, fetch)                                     # (B, fetch) item indices, -1 = none
 
 faiss ids are item indices (1..N), stable across catalogue updates. The index holds vectors of
@@ -35,16 +35,22 @@ log = logging.getLogger(__name__)
 # HNSW `bits`: how the graph stores each vector for its distance computations: 32 = float, 8 / 16 =
 # faiss scalar-quantised codes (a quarter / half the bytes a visit reads); either way the exact
 # re-rank over the float item vectors decides the order and the score.
+# PQ: a scan of every entry's 4-bit product-quantised code (faiss fast-scan: `m` codes of 4 bits a
+# vector, m/2 bytes, scored 32 vectors per SIMD lookup), whose best `shortlist` the exact cosine
+# re-ranks. On the trained 2M-item model (991,747 available) it cost ~1 ms a query on one thread
+# where HNSW at efSearch 640 cost 2.5 ms for a lower recall, and it builds in seconds, not minutes
+# (bench/results/index_quality.json, key scale-2M-pq).
 KNOBS = {"hnsw": {"M": 32, "ef_construction": 200, "ef_search": 64, "bits": 32},
-         "ivf": {"nlist": 1024, "nprobe": 32}}
+         "ivf": {"nlist": 1024, "nprobe": 32},
+         "pq": {"m": 32, "shortlist": 500}}
 BITS = (8, 16, 32)
-SEARCH_KNOBS = ("ef_search", "nprobe")
-# "auto": exact below this many available items, where a full scan costs a few ms at most.
+SEARCH_KNOBS = ("ef_search", "nprobe", "shortlist")
+PQ_MIN_TRAIN = 16 * 39  # 16 centroids a sub-quantiser; faiss wants >= 39 points each
+# "auto": exact below this many available items, where a full scan costs a few ms at most; PQ
+# from there. On make bench-scale's trained 2M-item model (991,747 available) PQ m=32 with a
+# shortlist of 500 kept 0.999 / 1.000 of exact HR@10 / NDCG@10 at ~1.3 ms a query, where HNSW
+# needed efSearch 640 for 0.994 / 0.998 at ~2.5 ms (bench/results/index_quality.json).
 AUTO_MIN_ITEMS = 100_000
-# "auto" searches deeper in large catalogues: on make bench-scale's trained 2M-item model (991,747
-# available) efSearch 64 kept only 0.84 of exact HR@10, 512 0.990 and 640 0.994
-# (bench/results/index_quality.json), where Beauty's 54k items needed 64.
-AUTO_DEEP_ITEMS, AUTO_DEEP_EF = 500_000, 640
 # The catalogue rebuild starts a fresh index when more than this share of its entries are dead
 # (sold, or a vector superseded by a re-added one): they cost shortlist slots and search time.
 REBUILD_DEAD_SHARE = 0.2
@@ -64,7 +70,7 @@ class IndexSpec:
                 raise ValueError(f"{kind!r} takes no knobs, got {rest!r}")
             return cls(kind)
         if kind not in KNOBS:
-            raise ValueError(f"kind must be one of hnsw, ivf, none, auto; got {kind!r}")
+            raise ValueError(f"kind must be one of {', '.join(KNOBS)}, none, auto; got {kind!r}")
         knobs = dict(KNOBS[kind])
         for part in filter(None, rest.split(",")):
             key, eq, value = part.partition("=")
@@ -89,10 +95,7 @@ class IndexSpec:
             return self
         if available < AUTO_MIN_ITEMS:
             return IndexSpec("none")
-        knobs = dict(KNOBS["hnsw"])
-        if available >= AUTO_DEEP_ITEMS:
-            knobs["ef_search"] = AUTO_DEEP_EF
-        return IndexSpec("hnsw", knobs)
+        return IndexSpec("pq", dict(KNOBS["pq"]))
 
 
 def _faiss():
@@ -127,6 +130,16 @@ def _new_index(spec: IndexSpec, vectors: np.ndarray):
             inner.train(np.ascontiguousarray(vectors, dtype=np.float32))
         inner.hnsw.efConstruction = spec.knobs["ef_construction"]
         return faiss.IndexIDMap2(inner)  # the Python wrapper keeps `inner` alive with it
+    if spec.kind == "pq":
+        m = spec.knobs["m"]
+        if d % m:
+            raise ValueError(f"pq: m={m} must divide the vector dimension {d}")
+        inner = faiss.IndexPQFastScan(d, m, 4, faiss.METRIC_INNER_PRODUCT)
+        train = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(train) < PQ_MIN_TRAIN:  # a small catalogue: repeat it rather than fail the k-means
+            train = np.tile(train, (-(-PQ_MIN_TRAIN // len(train)), 1))
+        inner.train(train)
+        return faiss.IndexIDMap2(inner)
     nlist = max(1, min(spec.knobs["nlist"], len(vectors) // 39))  # faiss wants >= 39 points a list
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -188,15 +201,20 @@ class CandidateIndex:
         self.knobs = search_knobs
         entries = max(1, int(info.get("entries", index.ntotal)))
         self.dead_share = max(0.0, 1 - int(info.get("live", entries)) / entries)
+        # the shortlist an exact re-rank needs at least: a PQ code's score is too coarse to rank on
+        self.min_fetch = search_knobs["shortlist"] if self.kind == "pq" else 0
         faiss = _faiss()
         if self.kind == "hnsw":
             self.params = faiss.SearchParametersHNSW(efSearch=search_knobs["ef_search"])
-        else:
+        elif self.kind == "ivf":
             self.params = faiss.SearchParametersIVF(nprobe=search_knobs["nprobe"])
+        else:
+            self.params = None
 
     @classmethod
     def load(cls, model_dir, meta: Dict[str, Any], ef_search: Optional[int] = None,
-             nprobe: Optional[int] = None, threads: int = 1) -> Optional["CandidateIndex"]:
+             nprobe: Optional[int] = None, threads: int = 1,
+             shortlist: Optional[int] = None) -> Optional["CandidateIndex"]:
         """The export's index (None when it has none); the search knobs from the export unless given;
         `threads`: faiss's OpenMP threads, the worker's torch budget (oversubscribing spins)."""
         kind = index_kind(meta)
@@ -212,8 +230,9 @@ class CandidateIndex:
         except RuntimeError as e:
             raise ExportError(f"seqrec: cannot read {path}: {e}") from None
         info = meta["index"]
-        knobs = {"ef_search": ef_search or int(info.get("ef_search", KNOBS["hnsw"]["ef_search"])),
-                 "nprobe": nprobe or int(info.get("nprobe", KNOBS["ivf"]["nprobe"]))}
+        given = {"ef_search": ef_search, "nprobe": nprobe, "shortlist": shortlist}
+        defaults = {knob: v for kind_knobs in KNOBS.values() for knob, v in kind_knobs.items()}
+        knobs = {k: given[k] or int(info.get(k, defaults[k])) for k in SEARCH_KNOBS}
         return cls(index, info, knobs)
 
     def search(self, queries: np.ndarray, fetch: int) -> np.ndarray:

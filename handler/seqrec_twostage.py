@@ -1,10 +1,11 @@
 """Scoring the whole catalogue: the index proposes a shortlist, exact cosine re-ranks it.
 
-    opts = ScoringOptions.from_yaml(context.model_yaml_config)   # seqrec: {scoring: auto|exact|index, ef_search, nprobe}
+    opts = ScoringOptions.from_yaml(context.model_yaml_config)   # seqrec: {scoring: auto|exact|index, ef_search, nprobe, shortlist}
     cos, pos = rank_catalogue(queries, [(k, banned), ...], catalogue, index)[b]   # index None: exact
 
 The shortlist over-fetches k + (the request's banned rows) + a margin, inflated by the index's
-dead share (sold items kept in an HNSW graph), so exclusions are checked after the search, never
+dead share (sold items kept in an HNSW graph), and at least the index's own `min_fetch` (a PQ
+index's `shortlist`: its coarse codes only propose, the exact cosine decides), so exclusions are checked after the search, never
 inside it (faiss's HNSW + IDSelector can return too few results, issue #3186). Whatever survives
 is re-ranked by the exact cosine over the item vectors, so a returned score is always the exact
 one. A request whose shortlist runs dry (fewer than k survivors when k qualify) is answered by the
@@ -23,8 +24,10 @@ import torch
 from torch import Tensor
 
 if __package__:  # imported as handler.seqrec_twostage
+    from .seqrec_index import SEARCH_KNOBS
     from .seqrec_scoring import chunked_topk
 else:  # TorchServe: the archive's files sit flat on the worker's import path
+    from seqrec_index import SEARCH_KNOBS
     from seqrec_scoring import chunked_topk
 
 if TYPE_CHECKING:
@@ -43,6 +46,7 @@ class ScoringOptions:
     scoring: str = "auto"               # auto: the index when the export has one, else exact
     ef_search: Optional[int] = None     # None: the export's own knobs
     nprobe: Optional[int] = None
+    shortlist: Optional[int] = None
 
     @classmethod
     def from_yaml(cls, yaml_config: Optional[Dict[str, Any]]) -> "ScoringOptions":
@@ -50,17 +54,18 @@ class ScoringOptions:
         section = (yaml_config or {}).get("seqrec") or {}
         if not isinstance(section, dict):
             raise ValueError(f"model YAML: seqrec must be a mapping, got {section!r}")
-        unknown = set(section) - {"scoring", "ef_search", "nprobe"}
+        unknown = set(section) - {"scoring", *SEARCH_KNOBS}
         if unknown:
-            raise ValueError(f"model YAML: unknown seqrec keys {sorted(unknown)} (known: scoring, ef_search, nprobe)")
+            raise ValueError(f"model YAML: unknown seqrec keys {sorted(unknown)} "
+                             f"(known: scoring, {', '.join(SEARCH_KNOBS)})")
         scoring = section.get("scoring", "auto")
         if scoring not in SCORING:
             raise ValueError(f"model YAML: seqrec.scoring must be one of {SCORING}, got {scoring!r}")
-        for key in ("ef_search", "nprobe"):
+        for key in SEARCH_KNOBS:
             v = section.get(key)
             if v is not None and (type(v) is not int or v < 1):
                 raise ValueError(f"model YAML: seqrec.{key} must be a positive integer, got {v!r}")
-        return cls(scoring, section.get("ef_search"), section.get("nprobe"))
+        return cls(scoring, *(section.get(key) for key in SEARCH_KNOBS))
 
 
 @torch.no_grad()
@@ -87,8 +92,8 @@ def shortlist_topk(queries: Tensor, asks: List[Tuple[int, Tensor]], catalogue: "
     scorable = len(catalogue.rows)
     # Each request searched with its own shortlist size: a deeper search finds other neighbours,
     # so an answer must not depend on the batch it came in.
-    fetch = [min(math.ceil((k + banned.numel()) / (1 - min(index.dead_share, 0.9))) + max(MARGIN, k),
-                 max(1, index.entries)) for k, banned in asks]
+    fetch = [min(max(math.ceil((k + banned.numel()) / (1 - min(index.dead_share, 0.9))) + max(MARGIN, k),
+                     index.min_fetch), max(1, index.entries)) for k, banned in asks]
     q = queries.float().cpu().numpy()
     ids: List[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(asks)
     for f in set(fetch):

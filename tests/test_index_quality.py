@@ -21,8 +21,8 @@ def test_index_quality_matches_exact_when_the_search_is_exhaustive(tmp_path):
     export = tmp_path / "tiny"
     summary = run(TrainConfig.from_dict(TINY), export)
     out = tmp_path / "index_quality.json"
-    args = ["--kinds", "hnsw,ivf", "--hnsw", "M=8,ef_construction=40;M=8,ef_construction=40,bits=8", "--ef-search", "4,400",
-            "--ivf", "nlist=8", "--nprobe", "1,8", "--out", str(out)]
+    args = ["--kinds", "hnsw,ivf,pq", "--hnsw", "M=8,ef_construction=40;M=8,ef_construction=40,bits=8", "--ef-search", "4,400",
+            "--ivf", "nlist=8", "--nprobe", "1,8", "--pq", "m=4", "--shortlist", "1,200", "--out", str(out)]
     assert index_quality([str(export), *args]) == 0
     assert index_quality([str(export), "--label", "again", *args]) == 0
     results = json.loads(out.read_text())
@@ -33,10 +33,11 @@ def test_index_quality_matches_exact_when_the_search_is_exhaustive(tmp_path):
     # items in the catalogue the exact figure is not the training summary's (which ranks all).
     assert r["users"] == summary["test"]["model"]["users"]
     assert r["available"] < r["items"] and 0 < r["exact"]["HR@10"] <= 1
-    rows = {(g["kind"], g.get("bits"), g.get("ef_search", g.get("nprobe"))): g for g in r["grid"]}
+    rows = {(g["kind"], g.get("bits"), g.get("ef_search", g.get("nprobe", g.get("shortlist")))): g for g in r["grid"]}
     assert set(rows) == {("hnsw", 32, 4), ("hnsw", 32, 400), ("hnsw", 8, 4), ("hnsw", 8, 400),
-                         ("ivf", None, 1), ("ivf", None, 8)}
-    for full in (rows[("hnsw", 32, 400)], rows[("hnsw", 8, 400)], rows[("ivf", None, 8)]):  # all searched
+                         ("ivf", None, 1), ("ivf", None, 8), ("pq", None, 1), ("pq", None, 200)}
+    # all searched (the PQ shortlist of 200 holds every one of the <150 items)
+    for full in (rows[("hnsw", 32, 400)], rows[("hnsw", 8, 400)], rows[("ivf", None, 8)], rows[("pq", None, 200)]):
         assert full["recall@10"] == pytest.approx(1.0) and full["HR_ratio"] == pytest.approx(1.0)
         assert full["NDCG_ratio"] == pytest.approx(1.0)
     assert all(0 <= g["recall@10"] <= 1 and g["ms_per_user"] > 0 for g in r["grid"])

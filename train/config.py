@@ -65,8 +65,9 @@ class TrainConfig:
     synthetic_seed: int = 0          # the marketplace's seed, apart from `seed` (training), so
                                      # several training seeds can be compared on one dataset
     version: str = ""                # model version written to metadata ("" = timestamp)
-    index: str = "auto"              # candidate index of the export: auto (hnsw from 100k items) | none |
+    index: str = "auto"              # candidate index of the export: auto (pq from 100k items) | none |
                                      # hnsw[:M=32,ef_construction=200,ef_search=64,bits=32|16|8] | ivf[:nlist=1024,nprobe=32]
+                                     # | pq[:m=32,shortlist=1000]
     cold_start_items: float = 0.0    # >0: hold this fraction of items out of training and report
                                      # their cold-start ranking from content (train/coldstart.py)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -74,11 +75,14 @@ class TrainConfig:
     def __post_init__(self):
         check_fields(self, TRAIN_RULES)
         try:
-            IndexSpec.parse(self.index)
+            spec = IndexSpec.parse(self.index)
         except ValueError as e:
             raise ConfigError("index", str(e)) from None
         if not isinstance(self.model, ModelConfig):
             raise ConfigError("model", f"must be a ModelConfig, got {self.model!r}")
+        if spec.kind == "pq" and self.model.embedding_dim % spec.knobs["m"]:  # refused now, not after training
+            raise ConfigError("index", f"pq: m={spec.knobs['m']} must divide model.embedding_dim "
+                              f"{self.model.embedding_dim}")
         if self.logq_correction != "draw" and not (self.negatives == "popularity" and self.logq):
             raise ConfigError("logq_correction", f"{self.logq_correction!r} applies to popularity negatives "
                               f"with logq=true only (negatives={self.negatives!r}, logq={self.logq})")

@@ -31,6 +31,12 @@ def hnsw8_export(tmp_path_factory):  # the graph over 8-bit codes; the re-rank s
 
 
 @pytest.fixture(scope="module")
+def pq_export(tmp_path_factory):  # every entry's 4-bit codes scanned, the best 200 re-ranked exactly
+    return make_export(tmp_path_factory.mktemp("pq"), num_items=N, clusters=40,
+                       index_spec="pq:m=16,shortlist=200")
+
+
+@pytest.fixture(scope="module")
 def ivf_export(tmp_path_factory):
     # nprobe 1 of ~15 lists: a shortlist of ~40 items, so exclusions can eat it
     return make_export(tmp_path_factory.mktemp("ivf"), num_items=600, clusters=15,
@@ -62,11 +68,11 @@ def random_requests(cat: Catalog, n: int, seed: int = 1):
     return out
 
 
-@pytest.mark.parametrize("which", ["hnsw_export", "hnsw8_export"])
-def test_index_answers_equal_exact_for_most_requests_and_all_obey_the_contract(which, request):
+@pytest.mark.parametrize("which, kind", [("hnsw_export", "hnsw"), ("hnsw8_export", "hnsw"), ("pq_export", "pq")])
+def test_index_answers_equal_exact_for_most_requests_and_all_obey_the_contract(which, kind, request):
     hnsw_export = request.getfixturevalue(which)
     index, exact = load_handler(hnsw_export), load_handler(hnsw_export, yaml_config=EXACT)
-    assert index[0].index is not None and index[0].index.kind == "hnsw" and exact[0].index is None
+    assert index[0].index is not None and index[0].index.kind == kind and exact[0].index is None
     cat = Catalog.from_export(hnsw_export)
     bodies = random_requests(cat, 80)
     before = seqrec_twostage.STATS["index"]
@@ -119,12 +125,15 @@ def test_scores_are_distinct_cosines(hnsw_export):
     assert max(scores) < 0.9999  # the seed's tanh score saturated at 1.000 for every item
 
 
-def test_model_yaml_selects_scoring_and_refuses_typos(export_dir, hnsw_export):
+def test_model_yaml_selects_scoring_and_refuses_typos(export_dir, hnsw_export, pq_export):
     assert ScoringOptions.from_yaml({"seqrec": {"scoring": "index", "ef_search": 128}}).ef_search == 128
     assert load_handler(hnsw_export, yaml_config={"seqrec": {"ef_search": 200}})[0].index.knobs["ef_search"] == 200
+    assert load_handler(pq_export)[0].index.min_fetch == 200  # the export's own shortlist
+    assert load_handler(pq_export, yaml_config={"seqrec": {"shortlist": 500}})[0].index.min_fetch == 500
     assert load_handler(export_dir)[0].index is None  # 300 items, index "auto": exact
     for bad, match in [({"scoring": "fast"}, "seqrec.scoring must be one of"), ({"efsearch": 3}, "unknown seqrec keys"),
-                       ({"ef_search": 0}, "positive integer"), ({"nprobe": True}, "positive integer")]:
+                       ({"ef_search": 0}, "positive integer"), ({"nprobe": True}, "positive integer"),
+                       ({"shortlist": "9"}, "positive integer")]:
         with pytest.raises(ValueError, match=match):
             ScoringOptions.from_yaml({"seqrec": bad})
     with pytest.raises(RuntimeError, match="seqrec.scoring=index but this export has no index"):
@@ -133,7 +142,9 @@ def test_model_yaml_selects_scoring_and_refuses_typos(export_dir, hnsw_export):
 
 @pytest.mark.parametrize("text, message", [
     ("hnsw:M=0", "index hnsw: M must be a positive integer, got '0'"),
-    ("flat", "index kind must be one of hnsw, ivf, none, auto; got 'flat'"),
+    ("flat", "index kind must be one of hnsw, ivf, pq, none, auto; got 'flat'"),
+    ("pq:M=32", "index pq: unknown knob 'M=32' (knobs: m, shortlist)"),
+    ("pq:m=24", "index pq: m=24 must divide model.embedding_dim 64"),
     ("ivf:nlist=8,M=3", "index ivf: unknown knob 'M=3' (knobs: nlist, nprobe)"),
     ("none:M=1", "index 'none' takes no knobs, got 'M=1'"),
     ("hnsw:bits=4", "index hnsw: bits must be one of 8, 16, 32, got 4"),
@@ -148,15 +159,14 @@ def test_a_bad_index_option_is_refused_naming_it(text, message):
 
 
 def test_index_spec_defaults_and_auto():
-    from handler.seqrec_index import AUTO_DEEP_EF, AUTO_DEEP_ITEMS, AUTO_MIN_ITEMS, IndexSpec
+    from handler.seqrec_index import AUTO_MIN_ITEMS, IndexSpec
 
     assert IndexSpec.parse("hnsw:ef_search=32").knobs == {"M": 32, "ef_construction": 200, "ef_search": 32, "bits": 32}
     # an export written before `bits` existed holds float vectors
     assert IndexSpec.of({"kind": "hnsw", "M": 16, "ef_construction": 80, "ef_search": 64}).knobs["bits"] == 32
     assert IndexSpec.parse("auto").resolved(AUTO_MIN_ITEMS - 1).kind == "none"
-    assert IndexSpec.parse("auto").resolved(AUTO_MIN_ITEMS).kind == "hnsw"
-    assert IndexSpec.parse("auto").resolved(AUTO_MIN_ITEMS).knobs["ef_search"] == 64
-    assert IndexSpec.parse("auto").resolved(AUTO_DEEP_ITEMS).knobs["ef_search"] == AUTO_DEEP_EF
+    assert IndexSpec.parse("auto").resolved(AUTO_MIN_ITEMS) == IndexSpec("pq", {"m": 32, "shortlist": 500})
+    assert IndexSpec.parse("pq:shortlist=300").knobs == {"m": 32, "shortlist": 300}
 
 
 @pytest.mark.parametrize("bits", [8, 16])
@@ -180,3 +190,35 @@ def test_quantised_hnsw_builds_grows_and_loads(tmp_path, bits):
     index = CandidateIndex.load(tmp_path / "b", {"index": grown})
     found = index.search(vec[1:], 1)[:, 0]
     assert (found == np.arange(1, 501)).mean() > 0.95  # each item is its own nearest neighbour
+
+
+def test_pq_builds_grows_and_loads(tmp_path):
+    from handler.seqrec_artifact import INDEX_FILE
+    from handler.seqrec_index import CandidateIndex, IndexSpec, build, update
+
+    rng = np.random.default_rng(0)
+    vec = rng.normal(size=(501, 16)).astype(np.float32)
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    vec[0] = 0
+    available = np.ones(500, dtype=bool)
+    available[400:] = False  # items 401..500 arrive with the update
+    (tmp_path / "a").mkdir(); (tmp_path / "b").mkdir()
+    info = build(IndexSpec.parse("pq:m=8,shortlist=20"), vec, available, tmp_path / "a" / INDEX_FILE)
+    assert (info["kind"], info["m"], info["shortlist"], info["entries"]) == ("pq", 8, 20, 400)
+    available[400:] = True
+    grown = update(info, tmp_path / "a", tmp_path / "b", vec, available, np.arange(401, 501), np.empty(0, np.int64))
+    assert (grown["m"], grown["entries"], grown["rebuilt"]) == (8, 500, False)
+    index = CandidateIndex.load(tmp_path / "b", {"index": grown})
+    assert index.min_fetch == 20
+    found = index.search(vec[1:], 20)
+    # 4-bit codes rank coarsely, but each item is in its own code's shortlist of 20
+    assert np.mean([i + 1 in row for i, row in enumerate(found)]) > 0.95
+    assert set(found[400:].ravel()) & set(range(401, 501))  # the update's items are searched
+
+
+def test_pq_trains_on_a_catalogue_smaller_than_its_codebooks(tmp_path):
+    from handler.seqrec_index import IndexSpec, build
+
+    vec = np.random.default_rng(1).normal(size=(6, 16)).astype(np.float32)
+    info = build(IndexSpec.parse("pq:m=8"), vec, np.ones(5, dtype=bool), tmp_path / "x.faiss")
+    assert info["entries"] == 5  # 5 vectors, 16 centroids a sub-quantiser: repeated to train, not refused
