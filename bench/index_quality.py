@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ivf", default="nlist=1024", help="IVF build knobs; several separated by ';'")
     ap.add_argument("--nprobe", default="1,4,8,16,32,64")
     ap.add_argument("--pq", default="m=32", help="PQ build knobs; several separated by ';'")
-    ap.add_argument("--shortlist", default="100,300,1000", help="PQ shortlists re-ranked exactly")
+    ap.add_argument("--shortlist", default="300,500,1000", help="PQ shortlists re-ranked exactly")
     ap.add_argument("--max-users", type=int, default=0, help="0: every test user the export was evaluated on")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--label", help="the result's key in --out (default: the export's folder name)")
