@@ -7,12 +7,13 @@ version end to end, under load, with no failed request.
 The base export (cached in --work; rebuilt when the size, the model code or the format changes) is
 an untrained content model (model.use_content, random weights: nothing timed here depends on them)
 over train.synthetic's item table of --items listings (category, price), 95% available, with the
-HNSW candidate index. A real TorchServe (config.properties, with the model API on: the shipped
-config keeps it off, and then a new version can only be loaded at a start, on another host) serves
-it to --clients keep-alive clients, and then, timed one after another:
+--index candidate index (default: PQ, what `auto` picks at this size). A real TorchServe
+(config.properties, with the model API on: the shipped config keeps it off, and then a new version
+can only be loaded at a start, on another host) serves it to --clients keep-alive clients, and
+then, timed one after another:
 
   update    python -m train.catalog: a table of --new new listings and --sold sold ones -> a new
-            export: new vectors from their content, the HNSW index extended (never rebuilt here)
+            export: new vectors from their content, the index extended (never rebuilt here)
   archive   ./archive.sh -> seqrec_<version>.mar
   register  POST /models with 0 workers
   rollout   python -m ops.rollout: the new version's workers one at a time, a smoke test,
@@ -168,7 +169,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--new", type=int, default=20_000, help="new listings in the update")
     ap.add_argument("--sold", type=int, default=20_000, help="listings sold in the update")
     ap.add_argument("--clients", type=int, default=4, help="concurrent clients during the update")
-    ap.add_argument("--index", default="hnsw:M=32,ef_construction=200,ef_search=640",
+    ap.add_argument("--index", default="pq:m=32,shortlist=500",
                     help="the base export's candidate index (handler.seqrec_index.IndexSpec)")
     ap.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench-churn")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "churn.json")
