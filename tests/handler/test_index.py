@@ -169,8 +169,9 @@ def test_index_spec_defaults_and_auto():
     assert IndexSpec.parse("pq:shortlist=300").knobs == {"m": 32, "shortlist": 300}
 
 
-@pytest.mark.parametrize("bits", [8, 16])
-def test_quantised_hnsw_builds_grows_and_loads(tmp_path, bits):
+def built_then_grown(tmp_path, spec: str):
+    """An index of `spec` over items 1..400 of 500 unit vectors, then a catalogue update adding
+    401..500: (the build's record, the update's record, the grown index, the vectors)."""
     from handler.seqrec_artifact import INDEX_FILE
     from handler.seqrec_index import CandidateIndex, IndexSpec, build, update
 
@@ -181,34 +182,25 @@ def test_quantised_hnsw_builds_grows_and_loads(tmp_path, bits):
     available = np.ones(500, dtype=bool)
     available[400:] = False  # items 401..500 arrive with the update
     (tmp_path / "a").mkdir(); (tmp_path / "b").mkdir()
-    info = build(IndexSpec.parse(f"hnsw:M=16,ef_construction=80,ef_search=64,bits={bits}"), vec, available,
-                 tmp_path / "a" / INDEX_FILE)
-    assert (info["kind"], info["bits"], info["entries"]) == ("hnsw", bits, 400)
+    info = build(IndexSpec.parse(spec), vec, available, tmp_path / "a" / INDEX_FILE)
     available[400:] = True
     grown = update(info, tmp_path / "a", tmp_path / "b", vec, available, np.arange(401, 501), np.empty(0, np.int64))
+    return info, grown, CandidateIndex.load(tmp_path / "b", {"index": grown}), vec
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_quantised_hnsw_builds_grows_and_loads(tmp_path, bits):
+    info, grown, index, vec = built_then_grown(tmp_path, f"hnsw:M=16,ef_construction=80,ef_search=64,bits={bits}")
+    assert (info["kind"], info["bits"], info["entries"]) == ("hnsw", bits, 400)
     assert (grown["bits"], grown["entries"], grown["rebuilt"]) == (bits, 500, False)
-    index = CandidateIndex.load(tmp_path / "b", {"index": grown})
     found = index.search(vec[1:], 1)[:, 0]
     assert (found == np.arange(1, 501)).mean() > 0.95  # each item is its own nearest neighbour
 
 
 def test_pq_builds_grows_and_loads(tmp_path):
-    from handler.seqrec_artifact import INDEX_FILE
-    from handler.seqrec_index import CandidateIndex, IndexSpec, build, update
-
-    rng = np.random.default_rng(0)
-    vec = rng.normal(size=(501, 16)).astype(np.float32)
-    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
-    vec[0] = 0
-    available = np.ones(500, dtype=bool)
-    available[400:] = False  # items 401..500 arrive with the update
-    (tmp_path / "a").mkdir(); (tmp_path / "b").mkdir()
-    info = build(IndexSpec.parse("pq:m=8,shortlist=20"), vec, available, tmp_path / "a" / INDEX_FILE)
+    info, grown, index, vec = built_then_grown(tmp_path, "pq:m=8,shortlist=20")
     assert (info["kind"], info["m"], info["shortlist"], info["entries"]) == ("pq", 8, 20, 400)
-    available[400:] = True
-    grown = update(info, tmp_path / "a", tmp_path / "b", vec, available, np.arange(401, 501), np.empty(0, np.int64))
     assert (grown["m"], grown["entries"], grown["rebuilt"]) == (8, 500, False)
-    index = CandidateIndex.load(tmp_path / "b", {"index": grown})
     assert index.min_fetch == 20
     found = index.search(vec[1:], 20)
     # 4-bit codes rank coarsely, but each item is in its own code's shortlist of 20

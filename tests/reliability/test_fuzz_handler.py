@@ -45,7 +45,8 @@ def fuzz(loaded, cat: Catalog, n: int, seed: int):
 
 
 @pytest.mark.parametrize("id_type,n,seed,index", [("int", N_INT, 1, "none"), ("str", N_STR, 2, "none"),
-                                                ("int", N_STR, 3, "hnsw:M=8,ef_construction=20,ef_search=16")])
+                                                ("int", N_STR, 3, "hnsw:M=8,ef_construction=20,ef_search=16"),
+                                                ("str", N_STR, 4, "pq:m=8,shortlist=16")])
 def test_fuzz_in_process(tmp_path, id_type, n, seed, index):
     """Also through the candidate index (a shallow one, so it misses items): the same contract,
     and a request's answer never depends on the batch it came in."""
