@@ -77,7 +77,8 @@ bench-serve: setup
 # The candidate index on trained models -> bench/results/index_quality.json: amazon-beauty (the
 # export make bench-optimizers leaves) and the 2M-item model (make bench-scale's export).
 INDEX_EXPORTS ?= amazon-beauty=artifacts/bench-optimizers/amazon-beauty/sparse_adam scale-2M=artifacts/scale/export
-# efSearch grid: Beauty needs 64, the 2M-item model 640 (0.994 of exact HR@10).
+# HNSW efSearch grid: Beauty needs 64, the 2M-item model 640 (0.994 of exact HR@10); PQ (auto's
+# index) is measured at bench.index_quality's default shortlists, 300, 500 and 1000.
 INDEX_EF ?= 16,32,64,128,256,512,768,1024
 bench-index: setup
 	@for pair in $(INDEX_EXPORTS); do label=$${pair%%=*}; dir=$${pair#*=}; \
