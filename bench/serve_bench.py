@@ -70,7 +70,7 @@ def build_export(n: int, out: Path, index_spec: str = "auto") -> Path:
     # version does not load in this handler.
     code = subprocess.run(["git", "rev-parse", "HEAD:model"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     old = json.loads(meta.read_text()) if meta.exists() else {}
-    key = (n, code, FORMAT_VERSION, index_spec)
+    key = (n, code, FORMAT_VERSION, f"{index_spec} {index_code()}")
     if (old.get("num_items"), old.get("model_code"), old.get("format_version"), old.get("index_spec")) == key:
         return out
     from model import ModelConfig, SequenceModel
@@ -85,8 +85,15 @@ def build_export(n: int, out: Path, index_spec: str = "auto") -> Path:
     popularity = rng.zipf(1.5, n).clip(max=10 ** 6)
     model = SequenceModel(ModelConfig(num_items=n, total_length=HISTORY))
     export_model(model, index, popularity, out, items=items, index_spec=index_spec,
-                 metadata={"model_version": f"bench{n}", "model_code": code, "index_spec": index_spec})
+                 metadata={"model_version": f"bench{n}", "model_code": code, "index_spec": key[3]})
     return out
+
+
+def index_code() -> str:
+    """The committed index module: an export cached under one meaning of a spec ("auto" was HNSW,
+    is PQ) must not be served under another."""
+    return subprocess.run(["git", "rev-parse", "HEAD:handler/seqrec_index.py"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip()
 
 
 def trained_export(src: Path, out: Path, index_spec: str) -> Path:
@@ -96,7 +103,7 @@ def trained_export(src: Path, out: Path, index_spec: str) -> Path:
     from handler.seqrec_index import IndexSpec, build
 
     meta = verify_export(src)
-    key = [meta["files"], index_spec]
+    key = [meta["files"], f"{index_spec} {index_code()}"]
     old = out / "metadata.json"
     if old.exists() and json.loads(old.read_text()).get("bench_key") == key:
         return out
