@@ -93,7 +93,7 @@ class SeqrecHandler(BaseHandler):
                                     opts.shortlist)
         if index is None and opts.scoring == "index":
             raise RuntimeError("seqrec: the model YAML asks for seqrec.scoring=index but this export has no "
-                               "index; re-export with --set index=hnsw (or drop the setting)")
+                               "index; re-export with --set index=pq (or drop the setting)")
         return index
 
     @staticmethod

@@ -1,7 +1,7 @@
 """The candidate index (faiss): built at export, updated by the catalogue rebuild, searched by the
 handler as the first of two scoring stages.
 
-    spec = IndexSpec.parse("pq:m=32,shortlist=1000")   # or "hnsw:M=32,ef_search=64", "ivf:nlist=1024,nprobe=32", "none", "auto"
+    spec = IndexSpec.parse("pq:m=32,shortlist=500")    # or "hnsw:M=32,ef_search=64", "ivf:nlist=1024,nprobe=32", "none", "auto"
     info = build(spec, vectors, available, out_dir / INDEX_FILE)            # -> metadata["index"]
     index = CandidateIndex.load(model_dir, meta)                           # memory-mapped, read-only
     ids = index.search(queries, fetch)                                     # (B, fetch) item indices, -1 = none
@@ -37,9 +37,7 @@ log = logging.getLogger(__name__)
 # re-rank over the float item vectors decides the order and the score.
 # PQ: a scan of every entry's 4-bit product-quantised code (faiss fast-scan: `m` codes of 4 bits a
 # vector, m/2 bytes, scored 32 vectors per SIMD lookup), whose best `shortlist` the exact cosine
-# re-ranks. On the trained 2M-item model (991,747 available) it cost ~1 ms a query on one thread
-# where HNSW at efSearch 640 cost 2.5 ms for a lower recall, and it builds in seconds, not minutes
-# (bench/results/index_quality.json, key scale-2M-pq).
+# re-ranks: linear in the live items, but 16 bytes an item at m=32, and built in seconds.
 KNOBS = {"hnsw": {"M": 32, "ef_construction": 200, "ef_search": 64, "bits": 32},
          "ivf": {"nlist": 1024, "nprobe": 32},
          "pq": {"m": 32, "shortlist": 500}}
@@ -48,8 +46,9 @@ SEARCH_KNOBS = ("ef_search", "nprobe", "shortlist")
 PQ_MIN_TRAIN = 16 * 39  # 16 centroids a sub-quantiser; faiss wants >= 39 points each
 # "auto": exact below this many available items, where a full scan costs a few ms at most; PQ
 # from there. On make bench-scale's trained 2M-item model (991,747 available) PQ m=32 with a
-# shortlist of 500 kept 0.999 / 1.000 of exact HR@10 / NDCG@10 at ~1.3 ms a query, where HNSW
-# needed efSearch 640 for 0.994 / 0.998 at ~2.5 ms (bench/results/index_quality.json).
+# shortlist of 500 kept 0.999 / 1.000 of exact HR@10 / NDCG@10 at 1.4 ms a user on one thread,
+# built in 3 s; HNSW at efSearch 640, in the same run, 0.992 / 0.995 at 3.8 ms, built in 13 min
+# (bench/results/index_quality.json, key scale-2M-pq).
 AUTO_MIN_ITEMS = 100_000
 # The catalogue rebuild starts a fresh index when more than this share of its entries are dead
 # (sold, or a vector superseded by a re-added one): they cost shortlist slots and search time.
