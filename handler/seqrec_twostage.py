@@ -1,15 +1,16 @@
 """Scoring the whole catalogue: the index proposes a shortlist, exact cosine re-ranks it.
 
-    opts = ScoringOptions.from_yaml(context.model_yaml_config)   # seqrec: {scoring: auto|exact|index, ef_search, nprobe, shortlist}
+    opts = ScoringOptions.from_yaml(context.model_yaml_config)   # seqrec: {scoring, ef_search, nprobe, shortlist}
     cos, pos = rank_catalogue(queries, [(k, banned), ...], catalogue, index)[b]   # index None: exact
 
 The shortlist over-fetches k + (the request's banned rows) + a margin, inflated by the index's
 dead share (sold items kept in an HNSW graph), and at least the index's own `min_fetch` (a PQ
 index's `shortlist`: its coarse codes only propose, the exact cosine decides), so exclusions are
-checked after the search, never inside it (faiss's HNSW + IDSelector can return too few results, issue #3186). Whatever survives
-is re-ranked by the exact cosine over the item vectors, so a returned score is always the exact
-one. A request whose shortlist runs dry (fewer than k survivors when k qualify) is answered by the
-exact chunked scan instead: never fewer answers than the exact path gives.
+checked after the search, never inside it (faiss's HNSW + IDSelector can return too few results,
+issue #3186). Whatever survives is re-ranked by the exact cosine over the item vectors, so a
+returned score is always the exact one. A request whose shortlist runs dry (fewer than k
+survivors when k qualify) is answered by the exact chunked scan instead: never fewer answers than
+the exact path gives.
 """
 from __future__ import annotations
 
