@@ -332,9 +332,10 @@ def main(argv=None):
     ap.add_argument("--index", default="auto", help="the exports' candidate index (train.config index)")
     ap.add_argument("--scoring", nargs="+", default=["exact", "index"], choices=["exact", "index"],
                     help="scoring modes to measure side by side (index: where the export has one)")
-    # 96: p99 from 768 answers at 8 clients, not 192 (where it was the 2nd slowest), and a level long
-    # enough that the workers' first touches of the memory-mapped vectors are not most of it
-    ap.add_argument("--per-client", type=int, default=96,
+    # 288: p99 from 2,304 answers at 8 clients (its 23rd slowest; at 24 a client it was the 2nd
+    # slowest of 192), and levels long enough that the workers' first touches of the memory-mapped
+    # vectors are not most of them: 96 a client measured p99 48-67 ms at 1.9M live items, 288 40 ms
+    ap.add_argument("--per-client", type=int, default=288,
                     help="requests each client sends per concurrency level (a third of it for exact scans past 100k items)")
     ap.add_argument("--ef-search", type=int, default=None,
                     help="index mode's model YAML seqrec.ef_search (default: the index's own, from --index); "
