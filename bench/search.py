@@ -49,13 +49,20 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     its reduce-on-plateau decay, batch, capacity, the LSTM's gate biases, the last item's skip
     connection, an attention read-out, a per-position temperature, dropout, the initial temperature
     |w| and whether it is learned, a per-item logit bias, uniform or popularity negatives with logQ,
-    and which logQ)."""
+    and which logQ, or the full softmax over every item)."""
     # Every trial draws every parameter (so a trial's params always hold the same keys), but two
     # pairs only take effect together where their configs allow it: a per-item bias only without
     # the per-position temperature, a choice of logQ only for popularity negatives with logq.
+    # The same for the full softmax (sample_size 0): it samples nothing, so its negatives are
+    # "uniform" (the one mode TrainConfig accepts with it) whatever was drawn.
     position_temperature = trial.suggest_categorical("model.position_temperature", [False, True])
     item_bias = trial.suggest_categorical("model.item_bias", [False, True]) and not position_temperature
+    # 16,384 added after study 2 and 0 (every item) after study 20: optuna refuses changed
+    # choices in a stored study, so those studies' SQLite files cannot be resumed.
+    sample_size = trial.suggest_categorical("sample_size", [0, 1024, 2048, 4096, 8192, 16384])
     negatives = trial.suggest_categorical("negatives", ["uniform", "popularity"])
+    if sample_size == 0:
+        negatives = "uniform"
     logq_correction = trial.suggest_categorical("logq_correction", ["draw", "inclusion"])
     if not (negatives == "popularity" and base.logq):
         logq_correction = "draw"
@@ -78,10 +85,7 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
         lr=trial.suggest_float("lr", 2e-4, 5e-3, log=True),
         lr_decay=trial.suggest_categorical("lr_decay", [1.0, 0.5, 0.3]),
         batch_size=trial.suggest_categorical("batch_size", [64, 128, 256]),
-        # 16,384 added after study 2 (search-amazon-beauty-2 was run with choices up to 8,192;
-        # optuna refuses changed choices in a study, so its SQLite file cannot be resumed).
-        sample_size=trial.suggest_categorical("sample_size", [1024, 2048, 4096, 8192, 16384]),
-        negatives=negatives, logq_correction=logq_correction,
+        sample_size=sample_size, negatives=negatives, logq_correction=logq_correction,
     )
 
 

@@ -100,3 +100,8 @@ def test_suggest_never_draws_a_combination_the_configs_refuse():
     cfg = search.suggest(optuna.trial.FixedTrial({**common, "model.position_temperature": False, "model.item_bias": True,
                                                   "negatives": "popularity", "logq_correction": "inclusion"}), base)
     assert cfg.model.item_bias and cfg.logq_correction == "inclusion"
+    # The full softmax samples nothing: drawn with popularity negatives, it runs as uniform.
+    cfg = search.suggest(optuna.trial.FixedTrial({**common, "sample_size": 0, "model.position_temperature": False,
+                                                  "model.item_bias": False, "negatives": "popularity",
+                                                  "logq_correction": "inclusion"}), base)
+    assert cfg.sample_size == 0 and cfg.negatives == "uniform" and cfg.logq_correction == "draw"
