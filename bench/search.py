@@ -148,15 +148,20 @@ def _parse_picked(spec: str) -> Dict[str, Any]:
 
 
 def record(trial: optuna.trial.FrozenTrial) -> Dict[str, Any]:
-    return {"number": trial.number, "state": trial.state.name, "value": trial.value, "params": trial.params,
-            **trial.user_attrs}
+    out = {"number": trial.number, "state": trial.state.name, "value": trial.value, "params": trial.params,
+           **trial.user_attrs}
+    if trial.state != optuna.trial.TrialState.COMPLETE:  # pruned, or stopped by hand: what it measured
+        out["reported_valid_curve"] = [round(trial.intermediate_values[k], 5) for k in sorted(trial.intermediate_values)]
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="the base recipe (e.g. bench/configs/quality-amazon-beauty.json)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the base recipe")
-    ap.add_argument("--trials", type=int, default=20, help="trials to run now (added to the study's)")
+    ap.add_argument("--trials", type=int, default=20,
+                    help="trials to run now (added to the study's); 0 rewrites the results JSON from the "
+                         "stored study, e.g. after a trial was stopped by hand")
     ap.add_argument("--study", help="study name (default search-<data>)")
     ap.add_argument("--storage", help="optuna storage URL (default sqlite under artifacts/search/)")
     ap.add_argument("--out", type=Path, help="trials JSON (default bench/results/<study>.json)")
@@ -169,6 +174,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.seeds < 1:
         ap.error("--seeds: at least 1")
+    if args.trials < 0:
+        ap.error("--trials: at least 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     picked = [(spec, _parse_picked(spec)) for spec in args.enqueue]  # a typo fails before any work
     recipe = load_config(args.config, args.set)

@@ -105,3 +105,21 @@ def test_suggest_never_draws_a_combination_the_configs_refuse():
                                                   "model.item_bias": False, "negatives": "popularity",
                                                   "logq_correction": "inclusion"}), base)
     assert cfg.sample_size == 0 and cfg.negatives == "uniform" and cfg.logq_correction == "draw"
+
+
+def test_a_trial_stopped_midway_keeps_its_curve_in_the_results(tmp_path):
+    # A trial killed by hand stays RUNNING in the storage; --trials 0 rewrites the JSON from it.
+    import optuna
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"data": "synthetic", "synthetic_users": 200, "synthetic_items": 150,
+                                "epochs": 1, "num_threads": 1}))
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="stopped", storage=storage, direction="maximize")
+    trial = study.ask()
+    trial.report(0.01, 1)
+    trial.report(0.02, 2)
+    args = ["--config", str(base), "--storage", storage, "--study", "stopped", "--out", str(tmp_path / "t.json"),
+            "--trials", "0"]
+    assert search.main(args) == 0
+    (row,) = json.loads((tmp_path / "t.json").read_text())["trials"]
+    assert row["state"] == "RUNNING" and row["reported_valid_curve"] == [0.01, 0.02]
