@@ -47,9 +47,10 @@ METRIC = "NDCG@10"
 def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     """The search space: the levers issue 13 names that a config holds (negatives, learning rate and
     its reduce-on-plateau decay, batch, capacity, the LSTM's gate biases, the last item's skip
-    connection, an attention read-out, a per-position temperature, dropout, the initial temperature
-    |w| and whether it is learned, a per-item logit bias, uniform or popularity negatives with logQ,
-    and which logQ, or the full softmax over every item)."""
+    connection, an attention read-out, a per-position temperature, dropout (of coordinates, and of
+    whole input events), the initial temperature |w| and whether it is learned, a per-item logit
+    bias, uniform or popularity negatives with logQ, and which logQ, or the full softmax over every
+    item)."""
     # Every trial draws every parameter (so a trial's params always hold the same keys), but two
     # pairs only take effect together where their configs allow it: a per-item bias only without
     # the per-position temperature, a choice of logQ only for popularity negatives with logq.
@@ -76,6 +77,7 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
         attention=trial.suggest_categorical("model.attention", [False, True]),
         position_temperature=position_temperature,
         dropout=trial.suggest_float("model.dropout", 0.0, 0.6),
+        item_input_dropout=trial.suggest_float("model.item_input_dropout", 0.0, 0.5),
         init_scale=trial.suggest_float("model.init_scale", 5.0, 40.0, log=True),
         learn_temperature=trial.suggest_categorical("model.learn_temperature", [True, False]),
         item_bias=item_bias,
@@ -96,7 +98,7 @@ def base_params(cfg: TrainConfig) -> Dict[str, Any]:
             "model.lstm_bias": cfg.model.lstm_bias, "model.residual": cfg.model.residual,
             "model.attention": cfg.model.attention, "model.position_temperature": cfg.model.position_temperature,
             "model.learn_temperature": cfg.model.learn_temperature, "model.item_bias": cfg.model.item_bias,
-            "model.dropout": cfg.model.dropout, "lr": cfg.lr, "lr_decay": cfg.lr_decay, "batch_size": cfg.batch_size,
+            "model.dropout": cfg.model.dropout, "model.item_input_dropout": cfg.model.item_input_dropout, "lr": cfg.lr, "lr_decay": cfg.lr_decay, "batch_size": cfg.batch_size,
             "sample_size": cfg.sample_size, "negatives": cfg.negatives,
             "logq_correction": cfg.logq_correction}
 

@@ -124,6 +124,9 @@ class ModelConfig:
     # then needs the bias too (model.ranking_rows); export refuses it until serving scores with it.
     item_bias: bool = False
     dropout: float = 0.1
+    # Training: P(an input event's whole item vector is zeroed, as padding is), so a taste cannot
+    # lean on any one past item (dropout above zeroes single coordinates).
+    item_input_dropout: float = 0.0
     total_length: int = 50             # histories are padded/truncated to this many events
     freeze_item_vectors: bool = False  # seed stage 1: fixed (pretrained) item representation
     init_scale: float = 10.0           # initial |w|: cosine models want a temperature of 10-30
@@ -182,7 +185,8 @@ class ModelConfig:
 PROBABILITY = Rule(low=0.0, high=1.0)
 MODEL_RULES: Dict[str, Rule] = {
     "num_items": Rule(low=0), "embedding_dim": Rule(low=1), "hidden_dim": Rule(low=1),
-    "num_layers": Rule(low=1), "dropout": PROBABILITY, "total_length": Rule(low=1),
+    "num_layers": Rule(low=1), "dropout": PROBABILITY, "item_input_dropout": PROBABILITY,
+    "total_length": Rule(low=1),
     "init_scale": Rule(low=0.0, low_open=True),
     "time_buckets": Rule(low=3),  # 0 padding, 1 unknown, 2 under a minute (features.time_bucket)
     "age_reference": Rule(choices=("now", "next")),

@@ -60,6 +60,7 @@ class SequenceModel(nn.Module):
         self.num_id_items = config.num_items  # rows 1..num_items of the id table are trained items
         self.id_dropout = float(config.id_dropout)
         self.feature_dropout = float(config.feature_dropout)
+        self.item_input_dropout = float(config.item_input_dropout)
         self.content_loss_weight = float(config.content_loss_weight) if config.use_content else 0.0
         self.dim = config.embedding_dim
         # Vocabularies live in the scripted module so serving maps strings exactly as training did.
@@ -252,6 +253,9 @@ class SequenceModel(nn.Module):
             x = [self._item_vectors(items.reshape(-1), self.training).view(items.size(0), items.size(1), self.dim)]
         else:
             x = [self.item_embedding(items)]
+        if self.training and self.item_input_dropout > 0:  # whole events, as if they were padding
+            keep = torch.rand(items.shape, device=items.device) >= self.item_input_dropout
+            x[0] = x[0] * keep.unsqueeze(-1).to(x[0].dtype)
         if self.training and self.feature_dropout > 0:  # teach the "unknown" rows a meaning
             unknown = (torch.rand(features.shape, device=features.device) < self.feature_dropout) & (features > 0)
             features = torch.where(unknown, torch.ones_like(features), features)

@@ -109,6 +109,25 @@ def test_feature_dropout_only_in_training():
     assert len(outs) > 1
 
 
+def test_item_input_dropout_drops_whole_events_in_training_only():
+    m = make(item_input_dropout=0.5, dropout=0.0)
+    m.item_input_dropout = 1.0  # the config allows < 1; here every event is dropped
+    a, fa, la = m.pad([[1, 2, 3]], [[]])
+    b, fb, lb = m.pad([[4, 5, 6]], [[]])
+    assert not torch.allclose(m(a, fa, la), m(b, fb, lb))  # eval: every item counts
+    m.train()  # every item dropped: the taste is a padding history's, whatever the items
+    assert torch.allclose(m(a, fa, la), m(b, fb, lb))
+    pad, fp, _ = m.pad([[0, 0, 0]], [[]])
+    assert torch.allclose(m(a, fa, la), m(pad, fp, la))
+    half = make(item_input_dropout=0.5, dropout=0.0).train()
+    torch.manual_seed(0)
+    outs = {tuple(half(a, fa, la)[0].tolist()) for _ in range(8)}
+    assert len(outs) > 1
+    torch.jit.script(half)  # the option scripts (serving never trains, so it never draws)
+    with pytest.raises(ConfigError, match="item_input_dropout"):
+        ModelConfig(num_items=5, item_input_dropout=1.5)
+
+
 def test_lstm_gate_biases_are_a_switch_off_by_default():
     # The seed's LSTM has no biases; configs saved before the switch existed read as the seed's.
     assert not any("bias" in n for n, _ in make().lstm.named_parameters())

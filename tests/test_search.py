@@ -92,7 +92,7 @@ def test_suggest_never_draws_a_combination_the_configs_refuse():
     base = TrainConfig(negatives="popularity")
     common = {"model.embedding_dim": 64, "model.hidden_dim": 64, "model.num_layers": 1,
               "model.lstm_bias": False, "model.residual": False, "model.attention": False,
-              "model.dropout": 0.1, "model.init_scale": 10.0, "model.learn_temperature": True,
+              "model.dropout": 0.1, "model.item_input_dropout": 0.0, "model.init_scale": 10.0, "model.learn_temperature": True,
               "lr": 1e-3, "lr_decay": 1.0, "batch_size": 64, "sample_size": 1024}
     cfg = search.suggest(optuna.trial.FixedTrial({**common, "model.position_temperature": True, "model.item_bias": True,
                                                   "negatives": "uniform", "logq_correction": "inclusion"}), base)
