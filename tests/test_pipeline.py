@@ -8,7 +8,7 @@ import torch
 
 from handler.seqrec_artifact import sha256_file
 from train.config import TrainConfig
-from train.pipeline import build_model, prepare, run
+from train.pipeline import build_model, forget_untrained, prepare, run
 from train.sequences import encode_cases
 
 SMALL = dict(data="synthetic", synthetic_users=600, synthetic_items=300, epochs=3, batch_size=64, lr=0.005,
@@ -39,6 +39,7 @@ def eager_as_trained(out, summary):
     prep = prepare(cfg)
     model = build_model(cfg, prep)
     model.load_state_dict(torch.load(out / "train" / "checkpoint.pt", weights_only=True)["best_model"])
+    forget_untrained(model, prep.popularity)  # as run() does before evaluating and exporting
     return model.eval(), prep
 
 
@@ -61,9 +62,27 @@ def test_export_directory_is_complete_and_checksummed(trained):
     vec = np.load(out / "item_vectors.npy", allow_pickle=False)
     items = pd.read_parquet(out / "items.parquet")
     assert vec.shape == (meta["num_items"] + 1, 16) and len(items) == meta["num_items"]
-    assert np.allclose(np.linalg.norm(vec[1:], axis=1), 1, atol=1e-4) and not vec[0].any()
+    # Unit rows, but zero ones for items without a training event (popularity 0, forget_untrained).
+    trained = items["popularity"].to_numpy() > 0
+    assert np.allclose(np.linalg.norm(vec[1:], axis=1), trained, atol=1e-4) and not vec[0].any()
     assert {"item_id", "popularity", "available", "category", "price"} <= set(items.columns)
     assert (out / "train" / "training.png").stat().st_size > 1000
+
+
+@pytest.mark.training
+def test_items_without_a_training_event_are_zero_rows_in_evaluation_and_export(tmp_path):
+    # Leave-one-out on a catalogue larger than its events: some items occur only as validation or
+    # test events, never in training. Their random initial vectors must not reach a history's input.
+    summary = run(small(epochs=1, synthetic_users=200, synthetic_items=400), tmp_path)
+    items = pd.read_parquet(tmp_path / "items.parquet")
+    vec = np.load(tmp_path / "item_vectors.npy")
+    untrained = items["popularity"].to_numpy() == 0
+    assert untrained.any() and summary["data"]["items_without_training_event"] == untrained.sum()
+    assert not vec[1:][untrained].any() and np.linalg.norm(vec[1:][~untrained], axis=1).min() > 0.99
+    model = build_model(small(), prepare(small()))
+    pop = np.array([0, 3, 0, 1] + [1] * (model.num_id_items - 3))
+    assert forget_untrained(model, pop) == 1  # row 0 is padding, already zero
+    assert not model.item_embedding.weight[2].any() and model.item_embedding.weight[1].any()
 
 
 @pytest.mark.training
