@@ -51,11 +51,10 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     whole input events), the initial temperature |w| and whether it is learned, a per-item logit
     bias, uniform or popularity negatives with logQ, and which logQ, or the full softmax over every
     item)."""
-    # Every trial draws every parameter (so a trial's params always hold the same keys), but two
-    # pairs only take effect together where their configs allow it: a per-item bias only without
-    # the per-position temperature, a choice of logQ only for popularity negatives with logq.
-    # The same for the full softmax (sample_size 0): it samples nothing, so its negatives are
-    # "uniform" (the one mode TrainConfig accepts with it) whatever was drawn.
+    # Every trial draws every parameter (so a trial's params always hold the same keys), but some
+    # only take effect where their configs allow it: a per-item bias only without the per-position
+    # temperature, a choice of logQ only for popularity negatives with logq, and popularity
+    # negatives not with the full softmax (sample_size 0 samples nothing: it runs as "uniform").
     position_temperature = trial.suggest_categorical("model.position_temperature", [False, True])
     item_bias = trial.suggest_categorical("model.item_bias", [False, True]) and not position_temperature
     # 16,384 added after study 2 and 0 (every item) after study 20: optuna refuses changed
@@ -98,7 +97,8 @@ def base_params(cfg: TrainConfig) -> Dict[str, Any]:
             "model.lstm_bias": cfg.model.lstm_bias, "model.residual": cfg.model.residual,
             "model.attention": cfg.model.attention, "model.position_temperature": cfg.model.position_temperature,
             "model.learn_temperature": cfg.model.learn_temperature, "model.item_bias": cfg.model.item_bias,
-            "model.dropout": cfg.model.dropout, "model.item_input_dropout": cfg.model.item_input_dropout, "lr": cfg.lr, "lr_decay": cfg.lr_decay, "batch_size": cfg.batch_size,
+            "model.dropout": cfg.model.dropout, "model.item_input_dropout": cfg.model.item_input_dropout,
+            "lr": cfg.lr, "lr_decay": cfg.lr_decay, "batch_size": cfg.batch_size,
             "sample_size": cfg.sample_size, "negatives": cfg.negatives,
             "logq_correction": cfg.logq_correction}
 
