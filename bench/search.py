@@ -50,7 +50,7 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     connection, an attention read-out, a per-position temperature, dropout (of coordinates, and of
     whole input events), the initial temperature |w| and whether it is learned, a per-item logit
     bias, uniform or popularity negatives with logQ, and which logQ, or the full softmax over every
-    item)."""
+    item), and whether item vectors start from the co-occurrence SVD (and its window)."""
     # Every trial draws every parameter (so a trial's params always hold the same keys), but some
     # only take effect where their configs allow it: a per-item bias only without the per-position
     # temperature, a choice of logQ only for popularity negatives with logq, and popularity
@@ -66,6 +66,10 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     logq_correction = trial.suggest_categorical("logq_correction", ["draw", "inclusion"])
     if not (negatives == "popularity" and base.logq):
         logq_correction = "draw"
+    # A file of vectors (pretrained=PATH) is the data's, not a lever: it stays as given.
+    pretrained = trial.suggest_categorical("pretrained", ["none", "svd"])
+    if base.pretrained not in ("none", "svd"):
+        pretrained = base.pretrained
     model = dataclasses.replace(
         base.model,
         embedding_dim=trial.suggest_categorical("model.embedding_dim", [64, 128, 256]),
@@ -87,6 +91,7 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
         lr_decay=trial.suggest_categorical("lr_decay", [1.0, 0.5, 0.3]),
         batch_size=trial.suggest_categorical("batch_size", [64, 128, 256]),
         sample_size=sample_size, negatives=negatives, logq_correction=logq_correction,
+        pretrained=pretrained, svd_window=trial.suggest_int("svd_window", 1, 10),
     )
 
 
@@ -100,7 +105,9 @@ def base_params(cfg: TrainConfig) -> Dict[str, Any]:
             "model.dropout": cfg.model.dropout, "model.item_input_dropout": cfg.model.item_input_dropout,
             "lr": cfg.lr, "lr_decay": cfg.lr_decay, "batch_size": cfg.batch_size,
             "sample_size": cfg.sample_size, "negatives": cfg.negatives,
-            "logq_correction": cfg.logq_correction}
+            "logq_correction": cfg.logq_correction,
+            "pretrained": cfg.pretrained if cfg.pretrained in ("none", "svd") else "none",
+            "svd_window": cfg.svd_window}
 
 
 def train_on_validation(cfg: TrainConfig, prep: Prepared, report: Callable[[int, float], None],

@@ -93,7 +93,8 @@ def test_suggest_never_draws_a_combination_the_configs_refuse():
     common = {"model.embedding_dim": 64, "model.hidden_dim": 64, "model.num_layers": 1,
               "model.lstm_bias": False, "model.residual": False, "model.attention": False,
               "model.dropout": 0.1, "model.item_input_dropout": 0.0, "model.init_scale": 10.0, "model.learn_temperature": True,
-              "lr": 1e-3, "lr_decay": 1.0, "batch_size": 64, "sample_size": 1024}
+              "lr": 1e-3, "lr_decay": 1.0, "batch_size": 64, "sample_size": 1024,
+              "pretrained": "svd", "svd_window": 5}
     cfg = search.suggest(optuna.trial.FixedTrial({**common, "model.position_temperature": True, "model.item_bias": True,
                                                   "negatives": "uniform", "logq_correction": "inclusion"}), base)
     assert cfg.model.position_temperature and not cfg.model.item_bias and cfg.logq_correction == "draw"
@@ -105,6 +106,11 @@ def test_suggest_never_draws_a_combination_the_configs_refuse():
                                                   "model.item_bias": False, "negatives": "popularity",
                                                   "logq_correction": "inclusion"}), base)
     assert cfg.sample_size == 0 and cfg.negatives == "uniform" and cfg.logq_correction == "draw"
+    assert cfg.pretrained == "svd" and cfg.svd_window == 5
+    # A file of item vectors is the data's: drawing "svd" does not replace it.
+    fixed = {**common, "model.position_temperature": False, "model.item_bias": False, "negatives": "uniform",
+             "logq_correction": "draw"}
+    assert search.suggest(optuna.trial.FixedTrial(fixed), TrainConfig(pretrained="v.npy")).pretrained == "v.npy"
 
 
 def test_a_trial_stopped_midway_keeps_its_curve_in_the_results(tmp_path):

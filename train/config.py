@@ -41,6 +41,7 @@ class TrainConfig:
     logq_correction: str = "draw"    # draw: log q of one draw | inclusion: log P(in the step's
                                      # candidate set), the exact one for a set (train/negatives.py)
     pretrained: str = "none"         # none | svd | path to .npy/.parquet of item vectors
+    svd_window: int = 3              # pretrained=svd: items up to this many events apart co-occur
     patience: int = 3                # early stopping on validation NDCG@10, in evaluations
     eval_every: int = 1              # epochs between validations
     max_eval_users: int = 0          # 0 = all validation users
@@ -198,5 +199,5 @@ TRAIN_RULES: Dict[str, Rule] = {
     "max_test_users": Rule(low=0),
     "max_train_seconds": Rule(low=0.0), "seed": Rule(low=0), "num_threads": Rule(low=0),
     "synthetic_users": Rule(low=1), "synthetic_items": Rule(low=12),  # train.synthetic: 12 categories
-    "synthetic_seed": Rule(low=0), "cold_start_items": PROBABILITY,
+    "synthetic_seed": Rule(low=0), "cold_start_items": PROBABILITY, "svd_window": Rule(low=1),
 }

@@ -174,14 +174,16 @@ def strength_edges(values: np.ndarray, max_buckets: int) -> List[float]:
     return np.unique(np.quantile(v, np.arange(1, max_buckets) / max_buckets)).tolist()
 
 
-def build_model(cfg: TrainConfig, prep: Prepared) -> SequenceModel:
+def build_model(cfg: TrainConfig, prep: Prepared, rows=None) -> SequenceModel:
+    """`rows`: the event rows the model will train on (default: the training split); pretrained=svd
+    factorises their co-occurrence, so a refit's start sees its validation events too."""
     mc = cfg.model
     mc.num_items = len(prep.index)
     fit_event_vocabularies(mc, prep, cfg.data)
     vectors = None
     if cfg.pretrained == "svd":
-        seqs = [prep.cols.items[r] for r in prep.split.train]
-        vectors = svd_item_vectors(seqs, mc.num_items, mc.embedding_dim, seed=cfg.seed)
+        seqs = [prep.cols.items[r] for r in (prep.split.train if rows is None else rows)]
+        vectors = svd_item_vectors(seqs, mc.num_items, mc.embedding_dim, cfg.svd_window, cfg.seed)
     elif cfg.pretrained != "none":
         vectors = load_item_vectors(cfg.pretrained, prep.index, mc.embedding_dim)
     content = None
@@ -243,7 +245,7 @@ def _refit(cfg: TrainConfig, prep: Prepared, first: History, work: Path, resume:
     prep.popularity = np.bincount(prep.cols.items[rows.flat()], minlength=len(prep.index) + 1)
     prep.popularity[0] = 0
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, prep)
+    model = build_model(cfg, prep, rows)
     data = SequentialDataset(model, prep.cols, rows)
     sampler = CandidateSampler.from_config(cfg, len(prep.index), torch.as_tensor(prep.popularity))
     checkpoint = work / "refit_checkpoint.pt"
