@@ -54,6 +54,11 @@ def fit_block(f: Dict[str, Any]) -> Dict[str, Any]:
         "protocol": PROTOCOLS[f["name"]],
         "model": {k: test["model"][k] for k in KEYS},
         "model_ci95": {k: test["model"][f"{k}_ci95"] for k in CI_KEYS},
+        # Only the training part of each history removed (SASRec+'s filter): the validation item
+        # stays rankable. Absent from runs before it was measured.
+        "model_train_part_removed": ({k: test["model_train_part_removed"][k] for k in CI_KEYS} | {
+            f"{k}_ci95": test["model_train_part_removed"][f"{k}_ci95"] for k in CI_KEYS}
+            if "model_train_part_removed" in test else None),
         "popularity": {k: test["popularity"][k] for k in KEYS},
         "popularity_ci95": {k: test["popularity"][f"{k}_ci95"] for k in CI_KEYS},
         "test_users": test["model"]["users"],

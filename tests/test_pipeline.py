@@ -96,7 +96,7 @@ def test_summary_reports_counts_speed_and_curve(trained):
     assert f["seconds_to_best"] == pytest.approx(sum(e["seconds"] for e in f["validation_curve"][:f["best_epoch"]]))
     assert s["train_seconds"] == f["train_seconds"] < f["wall_seconds"] < s["wall_seconds"]
     assert s["history"] == f["validation_curve"] and s["best_epoch"] == f["best_epoch"]
-    assert set(s["test"]) == {"model", "popularity"}
+    assert set(s["test"]) == {"model", "popularity", "model_train_part_removed"}  # loo: both filters
 
 
 @pytest.mark.training

@@ -116,6 +116,37 @@ def test_quality_bench_writes_the_early_stopped_headline_and_the_refit_beside_it
     assert r["exported"] == "refit" and summary["test"] == second["test"]
     assert r["run"]["epochs"] == head["epochs"] + refit["epochs"]
     assert r["run"]["train_seconds"] == pytest.approx(head["train_seconds"] + refit["train_seconds"], abs=0.2)
+    # SASRec+'s filter beside ours: only the training part removed, the validation item rankable.
+    # Recomputed here from the exported (refit) model with each history's removed items listed by hand.
+    kept = refit["model_train_part_removed"]
+    assert head["model_train_part_removed"] is not None and kept["HR@10_ci95"][0] <= kept["HR@10"]
+    assert kept == {k: v for k, v in kept.items() if k.startswith(("HR@10", "NDCG@10"))} and len(kept) == 4
+    import torch
+    from train.evaluate import evaluate_ranking, model_scorer, summarize
+    from train.pipeline import prepare
+    from train.sequences import encode_cases
+    scripted = torch.jit.load(str(tmp_path / "art" / "synthetic" / "model.pt"))
+    prep = prepare(TrainConfig.from_dict(summary["config"]))
+    cases = prep.split.test
+    h = cases.histories
+    train_parts = [prep.cols.items[a:b - 1].tolist() for a, b in zip(h.starts, h.stops)]
+
+    class ByHand:
+        def __len__(self):
+            return len(train_parts)
+
+        def batch(self, sl):
+            rows = train_parts[sl]
+            out = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+            for i, row in enumerate(rows):
+                out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+            return out
+
+    with torch.no_grad():
+        per = evaluate_ranking(model_scorer(scripted), *encode_cases(scripted, prep.cols, cases),
+                               torch.as_tensor(cases.targets), True, seen=ByHand())
+    assert summarize(per)["HR@10"] == pytest.approx(kept["HR@10"])
+    assert summarize(per)["NDCG@10"] == pytest.approx(kept["NDCG@10"])
 
 
 @pytest.mark.training
