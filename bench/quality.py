@@ -54,8 +54,8 @@ def fit_block(f: Dict[str, Any]) -> Dict[str, Any]:
         "protocol": PROTOCOLS[f["name"]],
         "model": {k: test["model"][k] for k in KEYS},
         "model_ci95": {k: test["model"][f"{k}_ci95"] for k in CI_KEYS},
-        # Only the training part of each history removed (SASRec+'s filter): the validation item
-        # stays rankable. Absent from runs before it was measured.
+        # Only the training part of each history removed (not the anchors' filter, which removes
+        # the whole history): the validation item stays rankable. Absent from older runs.
         "model_train_part_removed": ({k: test["model_train_part_removed"][k] for k in CI_KEYS} | {
             f"{k}_ci95": test["model_train_part_removed"][f"{k}_ci95"] for k in CI_KEYS}
             if "model_train_part_removed" in test else None),

@@ -116,7 +116,7 @@ def test_quality_bench_writes_the_early_stopped_headline_and_the_refit_beside_it
     assert r["exported"] == "refit" and summary["test"] == second["test"]
     assert r["run"]["epochs"] == head["epochs"] + refit["epochs"]
     assert r["run"]["train_seconds"] == pytest.approx(head["train_seconds"] + refit["train_seconds"], abs=0.2)
-    # SASRec+'s filter beside ours: only the training part removed, the validation item rankable.
+    # A second filter beside the anchors': only the training part removed, the validation item rankable.
     # Recomputed here from the exported (refit) model with each history's removed items listed by hand.
     kept = refit["model_train_part_removed"]
     assert head["model_train_part_removed"] is not None and kept["HR@10_ci95"][0] <= kept["HR@10"]

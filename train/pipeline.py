@@ -223,10 +223,11 @@ def _evaluate(model: SequenceModel, prep: Prepared, cases: Cases, cfg: TrainConf
                          seen=seen)
     out = {"model": summarize(m, ci=ci, seed=cfg.seed), "popularity": summarize(p, ci=ci, seed=cfg.seed)}
     if cfg.split == "loo" and cfg.exclude_seen:
-        # SASRec+'s own evaluation (antklen/sasrec-bert4rec-recsys23) removes only the training part
-        # of a test history: the validation item, the history's last event, stays rankable, and
-        # costs a slot when the model puts it in the top 10. The figure under that filter, so a
-        # comparison with the anchors is never on a more generous one than theirs.
+        # A second filter beside the anchors' (the whole history removed, as antklen's SeqRecBase
+        # filters full_history): only the training part removed, so the validation item, the
+        # history's last event, stays rankable and costs a slot where the model puts it in its top
+        # 10. How far the ranking leans on showing the last item again (model.residual adds its
+        # vector to the taste): what a client that sends exclude_seen=false would see.
         h = cases.histories
         train_part = SeenItems(prep.cols.items, RowRanges(h.starts, np.maximum(h.starts, h.stops - 1)))
         with torch.no_grad():
